@@ -1,0 +1,32 @@
+"""Lightning strategies that hide gradient or model communication behind computation.
+
+``import lightning_delayed`` registers every strategy name with Lightning, so
+``Trainer(strategy="odsgd")`` works. See ``docs/index.md``.
+"""
+
+from lightning_delayed.comm.buckets import DEFAULT_BUCKET_CAP_MB, NonFiniteReductionError, PendingAverage, launch_average
+from lightning_delayed.comm.hooks import DelayedAllReduceHook
+from lightning_delayed.core.base import DelayedAlgorithm
+from lightning_delayed.core.odsgd import ODSGD, ODSGDConfig
+from lightning_delayed.registry import STRATEGIES, register_all, strategy_names
+from lightning_delayed.strategies import DelayedStrategy, ODSGDStrategy, SSGDStrategy
+
+__version__ = "0.1.0"
+
+register_all()
+
+__all__ = [
+    "DEFAULT_BUCKET_CAP_MB",
+    "ODSGD",
+    "STRATEGIES",
+    "DelayedAlgorithm",
+    "DelayedAllReduceHook",
+    "DelayedStrategy",
+    "NonFiniteReductionError",
+    "ODSGDConfig",
+    "ODSGDStrategy",
+    "PendingAverage",
+    "SSGDStrategy",
+    "launch_average",
+    "strategy_names",
+]

@@ -1,0 +1,188 @@
+"""Bucketed asynchronous averaging of tensor lists.
+
+Every tensor handed to :func:`launch_average` is *copied* into a flat bucket buffer owned by the
+returned :class:`PendingAverage`; the live parameter or ``.grad`` is never communicated. The copy
+stays alive until :meth:`PendingAverage.wait`, so the optimizer or DDP may overwrite the source
+tensors while the all-reduce is in flight.
+
+Hazard this layout avoids::
+
+    rank 0: all_reduce(p.grad, async)   optimizer.step() writes p.grad   wait()  -> mixes old and new
+    ours:   all_reduce(copy, async)     optimizer.step() writes p.grad   wait()  -> the launched values
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+DEFAULT_BUCKET_CAP_MB = 25.0
+"""Bucket cap in MiB, the same default as DDP."""
+
+
+class NonFiniteReductionError(FloatingPointError):
+    """An averaged tensor contains NaN or Inf."""
+
+
+class Pending(Protocol):
+    """A communication in flight. ``wait()`` blocks until it is done and returns its result."""
+
+    def wait(self) -> list[Tensor]: ...
+
+
+@dataclass
+class _Bucket:
+    """One flat buffer in flight, and where each of its slices belongs in the result list."""
+
+    flat: Tensor
+    slots: list[int]
+    shapes: list[torch.Size]
+    work: Any = None  # torch.distributed Work, or None when already reduced (world size 1)
+    weight_sum: Tensor | None = None  # for weighted averages: the all-reduced sum of weights
+
+
+@dataclass
+class PendingAverage:
+    """Average of a list of tensors over a process group, in flight.
+
+    ``wait()`` may be called several times; the first call waits and divides, later calls return
+    the same tensors. The result tensors are views into this object's own buffers.
+
+    Args:
+        num_slots: length of the result list.
+        world_size: number of contributions the sum is divided by (ignored for weighted averages).
+        check_finite: raise :class:`NonFiniteReductionError` if the average has NaN or Inf.
+        what: how error messages name the averaged quantity ("gradient", "parameters").
+    """
+
+    num_slots: int
+    world_size: int
+    check_finite: bool = True
+    what: str = "tensors"
+    buckets: list[_Bucket] = field(default_factory=list)
+    _result: list[Tensor] | None = None
+
+    def add_bucket(self, bucket: _Bucket) -> None:
+        if self._result is not None:
+            raise RuntimeError("cannot add a bucket to a PendingAverage that was already waited for")
+        self.buckets.append(bucket)
+
+    @property
+    def done(self) -> bool:
+        return self._result is not None
+
+    def wait(self) -> list[Tensor]:
+        if self._result is not None:
+            return self._result
+        result: list[Tensor | None] = [None] * self.num_slots
+        for bucket in self.buckets:
+            if bucket.work is not None:
+                bucket.work.wait()
+                bucket.work = None
+            if bucket.weight_sum is not None:
+                bucket.flat.div_(bucket.weight_sum)
+            elif self.world_size > 1:
+                bucket.flat.div_(self.world_size)
+            if self.check_finite and not bool(torch.isfinite(bucket.flat).all()):
+                raise NonFiniteReductionError(
+                    f"the all-reduced average of the {self.what} contains NaN or Inf: at least one rank "
+                    "produced a non-finite value. Lower the learning rate, enable gradient clipping "
+                    "(Trainer(gradient_clip_val=...)), or find the rank that diverged; pass "
+                    "check_finite=False to the strategy to skip this check."
+                )
+            offset = 0
+            for slot, shape in zip(bucket.slots, bucket.shapes, strict=True):
+                numel = math.prod(shape)
+                result[slot] = bucket.flat[offset : offset + numel].view(shape)
+                offset += numel
+        missing = [i for i, t in enumerate(result) if t is None]
+        if missing:
+            raise RuntimeError(f"PendingAverage has no result for slots {missing}: a bucket was never launched")
+        self._result = [t for t in result if t is not None]
+        return self._result
+
+
+def plan_buckets(tensors: Sequence[Tensor], bucket_cap_mb: float) -> list[list[int]]:
+    """Group tensor indices into buckets of one dtype and device, each at most ``bucket_cap_mb`` MiB.
+
+    A tensor larger than the cap gets a bucket of its own. Order is preserved within a dtype, so
+    every rank, given tensors of the same shapes, plans the same buckets and issues the
+    collectives in the same order.
+    """
+    cap = bucket_cap_mb * 1024 * 1024
+    buckets: list[list[int]] = []
+    open_bucket: dict[tuple[torch.dtype, torch.device], tuple[list[int], float]] = {}
+    for i, t in enumerate(tensors):
+        key = (t.dtype, t.device)
+        size = t.numel() * t.element_size()
+        current = open_bucket.get(key)
+        if current is None or (current[0] and current[1] + size > cap):
+            idx: list[int] = []
+            buckets.append(idx)
+            current = (idx, 0.0)
+        current[0].append(i)
+        open_bucket[key] = (current[0], current[1] + size)
+    return buckets
+
+
+def world_size_of(group: dist.ProcessGroup | None) -> int:
+    return dist.get_world_size(group) if dist.is_available() and dist.is_initialized() else 1
+
+
+def launch_flat_all_reduce(flat: Tensor, group: dist.ProcessGroup | None) -> Any:
+    """Start a SUM all-reduce of ``flat`` in place; return the work handle (None if single process).
+
+    SUM then divide (in :meth:`PendingAverage.wait`) rather than ``ReduceOp.AVG``, which gloo lacks.
+    """
+    if world_size_of(group) == 1:
+        return None
+    return dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group, async_op=True)
+
+
+def launch_average(
+    tensors: Sequence[Tensor],
+    *,
+    group: dist.ProcessGroup | None = None,
+    bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB,
+    weight: float | None = None,
+    check_finite: bool = True,
+    what: str = "tensors",
+) -> PendingAverage:
+    """Copy ``tensors`` into flat buckets and start one asynchronous all-reduce per bucket.
+
+    Args:
+        tensors: what to average; shapes and dtypes must match on every rank.
+        group: process group (default: the world).
+        bucket_cap_mb: bucket size cap in MiB.
+        weight: if given, compute the weighted average ``sum_i w_i t_i / sum_i w_i`` with this
+            rank's weight ``w_i`` (one extra scalar rides at the end of every bucket).
+        check_finite: raise on NaN/Inf in the average when it is waited for.
+        what: name of the averaged quantity for error messages.
+
+    Returns:
+        A :class:`PendingAverage`; ``wait()`` returns the averages in the order of ``tensors``.
+    """
+    pending = PendingAverage(
+        num_slots=len(tensors), world_size=world_size_of(group), check_finite=check_finite, what=what
+    )
+    with torch.no_grad():
+        for idx in plan_buckets(tensors, bucket_cap_mb):
+            parts = [tensors[i].detach().reshape(-1) for i in idx]
+            if weight is not None:
+                parts = [p * weight for p in parts]
+                parts.append(torch.full((1,), float(weight), dtype=parts[0].dtype, device=parts[0].device))
+            flat = torch.cat(parts)  # a fresh buffer: never the live tensor
+            work = launch_flat_all_reduce(flat, group)
+            bucket = _Bucket(flat=flat, slots=list(idx), shapes=[tensors[i].shape for i in idx], work=work)
+            if weight is not None:
+                # The weight sum is the last element; dividing the payload by it happens at wait().
+                payload, total = flat[:-1], flat[-1:]
+                bucket.flat, bucket.weight_sum = payload, total
+            pending.add_bucket(bucket)
+    return pending

@@ -1,0 +1,7 @@
+"""Lightning strategies, one per algorithm, on the shared :class:`DelayedStrategy` base."""
+
+from lightning_delayed.strategies.base import DelayedStrategy
+from lightning_delayed.strategies.odsgd import ODSGDStrategy
+from lightning_delayed.strategies.ssgd import SSGDStrategy
+
+__all__ = ["DelayedStrategy", "ODSGDStrategy", "SSGDStrategy"]

@@ -1,0 +1,319 @@
+"""``DelayedStrategy``: the Lightning glue shared by every algorithm.
+
+It owns what is the same for all algorithms: the algorithm object's life cycle, calling its rule
+around the user's optimizer step, the end-of-training flush, validation on the consensus model,
+algorithm state in checkpoints, registering communication hooks on every device (Lightning's own
+``DDPStrategy`` registers them only on CUDA), and refusing settings it cannot honour before the
+first step. A concrete strategy only says which algorithm object and which hook it builds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from typing import Any, ClassVar, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.distributed as dist
+from lightning.fabric.strategies.registry import _StrategyRegistry
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.plugins.precision import MixedPrecision
+from lightning.pytorch.strategies import DDPStrategy
+from lightning.pytorch.trainer.states import TrainerFn
+from torch import Tensor
+from torch.distributed.constants import default_pg_timeout
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim import Optimizer
+from typing_extensions import override
+
+from lightning_delayed.comm.buckets import DEFAULT_BUCKET_CAP_MB
+from lightning_delayed.core.base import DelayedAlgorithm
+
+CHECKPOINT_KEY = "lightning_delayed"
+SUPPORTED_BACKENDS = ("gloo", "nccl")
+_OWNED_DDP_ARGS = ("ddp_comm_hook", "ddp_comm_state", "ddp_comm_wrapper", "model_averaging_period")
+
+
+class DelayedStrategy(DDPStrategy):
+    """Base class of the ``lightning_delayed`` strategies.
+
+    Subclasses set :attr:`strategy_name`, implement :meth:`build_algorithm`, and may override
+    :meth:`build_comm_hook` and :meth:`validate_trainer`.
+
+    Args:
+        bucket_cap_mb: cap of each communication bucket in MiB (DDP's default, 25).
+        check_finite: raise a clear error when an averaged tensor contains NaN or Inf.
+        process_group_backend: ``"gloo"`` or ``"nccl"`` (default: NCCL on CUDA, gloo on CPU).
+        timeout: timeout of collectives; a rank that dies makes the others fail after it.
+        start_method: how Lightning launches the ranks (``"popen"``, ``"spawn"``, ``"fork"``...).
+        **kwargs: the remaining ``DDPStrategy`` / ``DistributedDataParallel`` arguments.
+    """
+
+    strategy_name: ClassVar[str] = ""
+    """Name in Lightning's strategy registry (``<name>``, ``<name>_spawn``, ``<name>_notebook``)."""
+
+    def __init__(
+        self,
+        *,
+        bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB,
+        check_finite: bool = True,
+        accelerator: pl.accelerators.Accelerator | None = None,
+        parallel_devices: list[torch.device] | None = None,
+        cluster_environment: Any = None,
+        checkpoint_io: Any = None,
+        precision_plugin: Any = None,
+        process_group_backend: str | None = None,
+        timeout: timedelta | None = default_pg_timeout,
+        start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
+        **kwargs: Any,
+    ) -> None:
+        if isinstance(bucket_cap_mb, bool) or not isinstance(bucket_cap_mb, (int, float)) or bucket_cap_mb <= 0:
+            raise ValueError(f"bucket_cap_mb must be a number of MiB > 0, got {bucket_cap_mb!r}")
+        if not isinstance(check_finite, bool):
+            raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
+        if process_group_backend is not None and process_group_backend not in SUPPORTED_BACKENDS:
+            raise ValueError(
+                f"process_group_backend={process_group_backend!r} is not supported by {type(self).__name__}: "
+                f"use one of {SUPPORTED_BACKENDS} (or None for NCCL on GPU, gloo on CPU)"
+            )
+        owned = sorted(set(kwargs) & set(_OWNED_DDP_ARGS))
+        if owned:
+            raise ValueError(
+                f"{type(self).__name__} does not accept {owned}: the strategy installs its own communication; "
+                "to customise it, subclass the strategy (see docs/extending.md) or use strategy='ddp'"
+            )
+        kwargs.setdefault("bucket_cap_mb", bucket_cap_mb)
+        super().__init__(
+            accelerator=accelerator,
+            parallel_devices=parallel_devices,
+            cluster_environment=cluster_environment,
+            checkpoint_io=checkpoint_io,
+            precision_plugin=precision_plugin,
+            process_group_backend=process_group_backend,
+            timeout=timeout,
+            start_method=start_method,
+            **kwargs,
+        )
+        self.bucket_cap_mb = float(bucket_cap_mb)
+        self.check_finite = check_finite
+        self.algorithm: DelayedAlgorithm | None = None
+        self.comm_hook: Any = None
+        self._consensus_stack: contextlib.ExitStack | None = None
+        self._restored: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ subclass API
+
+    def build_algorithm(self, params: Sequence[Tensor], optimizer: Optimizer) -> DelayedAlgorithm:
+        """Build the algorithm object after DDP wrapping and optimizer set-up."""
+        raise NotImplementedError(f"{type(self).__name__} must implement build_algorithm")
+
+    def build_comm_hook(self, params: Sequence[Tensor]) -> Any:
+        """Return an object with a DDP hook method ``hook(state, bucket)``, or ``None`` for DDP's own."""
+        return None
+
+    def validate_trainer(self, trainer: pl.Trainer) -> None:
+        """Raise if the trainer uses a setting this algorithm cannot honour (called before step 0)."""
+
+    # ------------------------------------------------------------------ set-up
+
+    @override
+    def setup_distributed(self) -> None:
+        backend = self._get_process_group_backend()
+        if backend not in SUPPORTED_BACKENDS:
+            raise ValueError(
+                f"{type(self).__name__} supports the process-group backends {SUPPORTED_BACKENDS}, got {backend!r}"
+            )
+        super().setup_distributed()
+
+    @override
+    def setup(self, trainer: pl.Trainer) -> None:
+        if trainer.state.fn == TrainerFn.FITTING:
+            lm = self.lightning_module
+            if lm is not None and not lm.automatic_optimization:
+                raise ValueError(
+                    f"{type(self).__name__} needs automatic optimization: the algorithm runs its rule around "
+                    "the optimizer step Lightning makes. Remove `self.automatic_optimization = False`, "
+                    "or use strategy='ddp' for manual optimization."
+                )
+            self.validate_trainer(trainer)
+        super().setup(trainer)
+        if trainer.state.fn != TrainerFn.FITTING:
+            return
+        if len(self.optimizers) != 1:
+            raise ValueError(
+                f"{type(self).__name__} supports exactly one optimizer, but configure_optimizers returned "
+                f"{len(self.optimizers)}. Combine the parameter groups into one optimizer."
+            )
+        self.algorithm = self.build_algorithm(self.trainable_params(), self.optimizers[0])
+
+    def trainable_params(self) -> list[Tensor]:
+        assert self.lightning_module is not None
+        return [p for p in self.lightning_module.parameters() if p.requires_grad]
+
+    @override
+    def _register_ddp_hooks(self) -> None:
+        # DDPStrategy only registers hooks on CUDA; communication hooks work on gloo as well, and
+        # the algorithms depend on them, so register on every device.
+        assert isinstance(self.model, DistributedDataParallel)
+        self.comm_hook = self.build_comm_hook(self.trainable_params())
+        if self.comm_hook is not None:
+            self.model.register_comm_hook(state=None, hook=self.comm_hook.hook)
+
+    # ------------------------------------------------------------------ the step
+
+    @override
+    def optimizer_step(
+        self,
+        optimizer: Optimizer,
+        closure: Callable[[], Any],
+        model: pl.LightningModule | torch.nn.Module | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        algorithm = self.algorithm
+        if algorithm is None:
+            return super().optimizer_step(optimizer, closure, model, **kwargs)
+
+        def closure_then_rule() -> Any:
+            # Forward and backward run inside optimizer.step()'s closure; the rule's pre-step part
+            # (e.g. OD-SGD swapping in W and the delayed mean) must run after them and before the update.
+            result = closure()
+            algorithm.before_optimizer_step()
+            return result
+
+        output = super().optimizer_step(optimizer, closure_then_rule, model, **kwargs)
+        algorithm.after_optimizer_step()
+        return output
+
+    @override
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        if self._restored is not None and self.algorithm is not None:
+            restored, self._restored = self._restored, None
+            self._load_algorithm_state(restored)
+
+    @override
+    def on_train_end(self) -> None:
+        if self.algorithm is not None:
+            self.algorithm.finish()
+        super().on_train_end()
+
+    # ------------------------------------------------------------------ validation on the consensus
+
+    def _enter_consensus(self) -> None:
+        if self.algorithm is None or self._consensus_stack is not None:
+            return
+        assert self.lightning_module is not None
+        if self.lightning_module.trainer.state.fn != TrainerFn.FITTING:
+            return
+        stack = contextlib.ExitStack()
+        stack.enter_context(self.algorithm.consensus())
+        self._consensus_stack = stack
+
+    def _exit_consensus(self) -> None:
+        stack, self._consensus_stack = self._consensus_stack, None
+        if stack is not None:
+            stack.close()
+
+    @override
+    def on_validation_start(self) -> None:
+        super().on_validation_start()
+        self._enter_consensus()
+
+    @override
+    def on_validation_end(self) -> None:
+        self._exit_consensus()
+        super().on_validation_end()
+
+    # ------------------------------------------------------------------ checkpoints
+
+    @override
+    def lightning_module_state_dict(self) -> dict[str, Any]:
+        """The consensus model (the same on every rank); each rank's own state is under ``CHECKPOINT_KEY``."""
+        if self.algorithm is None or self._consensus_stack is not None:
+            return super().lightning_module_state_dict()
+        with self.algorithm.consensus():
+            return {k: v.clone() for k, v in super().lightning_module_state_dict().items()}
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: _PATH, storage_options: Any | None = None) -> None:
+        # Called on every rank (Trainer.save_checkpoint), so the gather below is a matched collective.
+        if self.algorithm is not None:
+            checkpoint[CHECKPOINT_KEY] = self._algorithm_checkpoint()
+        super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+
+    def _algorithm_checkpoint(self) -> dict[str, Any]:
+        assert self.algorithm is not None
+        local = _to_cpu(self.algorithm.local_state_dict())
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        if world > 1:
+            gathered: list[Any] | None = [None] * world if self.global_rank == 0 else None
+            dist.gather_object(local, gathered, dst=0)
+        else:
+            gathered = [local]
+        return {
+            "strategy": self.strategy_name,
+            "world_size": world,
+            "state": _to_cpu(self.algorithm.state_dict()),
+            "local_states": gathered,
+        }
+
+    @override
+    def load_checkpoint(self, checkpoint_path: _PATH, weights_only: bool | None = None) -> dict[str, Any]:
+        checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)
+        saved = checkpoint.get(CHECKPOINT_KEY)
+        if saved is not None and saved["strategy"] != self.strategy_name:
+            raise ValueError(
+                f"the checkpoint {checkpoint_path} holds the state of strategy {saved['strategy']!r}; it cannot "
+                f"resume with {self.strategy_name!r}. Resume with strategy={saved['strategy']!r}, or load only "
+                "the weights (LightningModule.load_from_checkpoint) to start a new run."
+            )
+        self._restored = saved
+        return checkpoint
+
+    def _load_algorithm_state(self, saved: dict[str, Any]) -> None:
+        assert self.algorithm is not None
+        world = dist.get_world_size() if dist.is_initialized() else 1
+        if saved["world_size"] != world:
+            raise ValueError(
+                f"the checkpoint was written by {saved['world_size']} ranks but this run has {world}: the "
+                "per-rank algorithm state cannot be redistributed. Resume with the same number of devices."
+            )
+        self.algorithm.load_state_dict(saved["state"], saved["local_states"][self.global_rank])
+
+    # ------------------------------------------------------------------ registry
+
+    @classmethod
+    @override
+    def register_strategies(cls, strategy_registry: _StrategyRegistry) -> None:
+        if not cls.strategy_name:
+            return
+        for suffix, start_method in (("", "popen"), ("_spawn", "spawn"), ("_notebook", "fork")):
+            strategy_registry.register(
+                cls.strategy_name + suffix,
+                cls,
+                description=f"{cls.__name__} with start_method={start_method!r}",
+                override=True,
+                start_method=start_method,
+            )
+
+
+def _to_cpu(obj: Any) -> Any:
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+def refuse_grad_scaler(strategy: DelayedStrategy, trainer: pl.Trainer) -> None:
+    """Gradient algorithms that step with a gradient from another step cannot use a loss scaler."""
+    plugin = strategy.precision_plugin
+    if isinstance(plugin, MixedPrecision) and getattr(plugin, "scaler", None) is not None:
+        raise ValueError(
+            f"{type(strategy).__name__} does not support precision='16-mixed': its gradient scaler would "
+            "unscale a gradient computed under another step's scale. Use precision='bf16-mixed' or '32-true'."
+        )

@@ -1,0 +1,74 @@
+"""Run a function on N real ranks (fresh processes, gloo), like torchrun does.
+
+Each rank gets ``MASTER_ADDR/PORT, WORLD_SIZE, RANK, LOCAL_RANK, NODE_RANK`` and one compute
+thread, imports ``module`` and calls ``function(**kwargs)``; its return value comes back through a
+file. Lightning sees ``LOCAL_RANK`` and treats the processes as externally launched ranks.
+A rank that fails or a run that exceeds ``timeout`` kills every rank and fails the test with the
+ranks' output, so nothing hangs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run_ranks(target: str, world_size: int = 2, timeout: float = 240.0, **kwargs: Any) -> list[Any]:
+    """Run ``target`` ("package.module:function") on ``world_size`` ranks; return each rank's result."""
+    module, function = target.split(":")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="ld-ranks-") as tmp:
+        procs = []
+        for rank in range(world_size):
+            env = dict(os.environ)
+            env.update(
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+                WORLD_SIZE=str(world_size),
+                LD_WORLD_SIZE=str(world_size),
+                RANK=str(rank),
+                LOCAL_RANK=str(rank),
+                NODE_RANK="0",
+                OMP_NUM_THREADS="1",
+                PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+                LD_TEST_TMP=tmp,
+            )
+            log = open(Path(tmp) / f"rank{rank}.log", "w")  # noqa: SIM115 - closed below
+            cmd = [sys.executable, "-m", "tests.helpers.worker", module, function, json.dumps(kwargs), tmp]
+            procs.append((subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), log))
+        failed = None
+        try:
+            for rank, (proc, _) in enumerate(procs):
+                rc = proc.wait(timeout=timeout)
+                if rc != 0 and failed is None:
+                    failed = f"rank {rank} exited with {rc}"
+        except subprocess.TimeoutExpired:
+            failed = f"ranks did not finish within {timeout} s"
+        finally:
+            for proc, log in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+                log.close()
+        if failed is not None:
+            logs = "\n".join(
+                f"----- rank {r} -----\n" + (Path(tmp) / f"rank{r}.log").read_text()[-6000:] for r in range(world_size)
+            )
+            raise AssertionError(f"{target}: {failed}\n{logs}")
+        return [torch.load(Path(tmp) / f"result{r}.pt", weights_only=False) for r in range(world_size)]
