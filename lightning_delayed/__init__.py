@@ -4,7 +4,13 @@
 ``Trainer(strategy="odsgd")`` works. See ``docs/index.md``.
 """
 
-from lightning_delayed.comm.buckets import DEFAULT_BUCKET_CAP_MB, NonFiniteReductionError, PendingAverage, launch_average
+from lightning_delayed.comm.buckets import (
+    DEFAULT_BUCKET_CAP_MB,
+    CommunicationError,
+    NonFiniteReductionError,
+    PendingAverage,
+    launch_average,
+)
 from lightning_delayed.comm.hooks import DelayedAllReduceHook
 from lightning_delayed.core.base import DelayedAlgorithm
 from lightning_delayed.core.odsgd import ODSGD, ODSGDConfig
@@ -17,6 +23,7 @@ register_all()
 
 __all__ = [
     "DEFAULT_BUCKET_CAP_MB",
+    "CommunicationError",
     "ODSGD",
     "STRATEGIES",
     "DelayedAlgorithm",

@@ -30,6 +30,22 @@ class NonFiniteReductionError(FloatingPointError):
     """An averaged tensor contains NaN or Inf."""
 
 
+class CommunicationError(RuntimeError):
+    """A collective failed: a rank died, the network broke, or the timeout expired."""
+
+
+def wait_work(work: Any, what: str) -> None:
+    """``work.wait()``, turning the backend's error into one that says what failed and what to check."""
+    try:
+        work.wait()
+    except RuntimeError as e:
+        raise CommunicationError(
+            f"the all-reduce of the {what} failed: another rank has probably died or stopped responding "
+            "(check the other ranks' logs for the first error), or the network between ranks broke, or "
+            f"the strategy's `timeout` expired. Backend error: {e}"
+        ) from e
+
+
 class Pending(Protocol):
     """A communication in flight. ``wait()`` blocks until it is done and returns its result."""
 
@@ -83,7 +99,7 @@ class PendingAverage:
         result: list[Tensor | None] = [None] * self.num_slots
         for bucket in self.buckets:
             if bucket.work is not None:
-                bucket.work.wait()
+                wait_work(bucket.work, self.what)
                 bucket.work = None
             if bucket.weight_sum is not None:
                 bucket.flat.div_(bucket.weight_sum)

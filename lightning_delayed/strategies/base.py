@@ -141,11 +141,7 @@ class DelayedStrategy(DDPStrategy):
         super().setup(trainer)
         if trainer.state.fn != TrainerFn.FITTING:
             return
-        if len(self.optimizers) != 1:
-            raise ValueError(
-                f"{type(self).__name__} supports exactly one optimizer, but configure_optimizers returned "
-                f"{len(self.optimizers)}. Combine the parameter groups into one optimizer."
-            )
+        # Several optimizers need manual optimization, which is refused above, so there is exactly one.
         self.algorithm = self.build_algorithm(self.trainable_params(), self.optimizers[0])
 
     def trainable_params(self) -> list[Tensor]:

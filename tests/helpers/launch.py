@@ -15,6 +15,8 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +33,30 @@ def free_port() -> int:
 
 def run_ranks(target: str, world_size: int = 2, timeout: float = 240.0, **kwargs: Any) -> list[Any]:
     """Run ``target`` ("package.module:function") on ``world_size`` ranks; return each rank's result."""
+    outcome = _run(target, world_size, timeout, kwargs)
+    if outcome.failure is not None:
+        raise AssertionError(f"{target}: {outcome.failure}\n{outcome.logs_text()}")
+    return outcome.results
+
+
+@dataclass
+class Outcome:
+    returncodes: list[int | None]
+    logs: list[str]
+    results: list[Any]
+    failure: str | None
+    seconds: float
+
+    def logs_text(self) -> str:
+        return "\n".join(f"----- rank {r} -----\n{log[-6000:]}" for r, log in enumerate(self.logs))
+
+
+def run_ranks_expecting_failure(target: str, world_size: int = 2, timeout: float = 240.0, **kwargs: Any) -> Outcome:
+    """Like :func:`run_ranks`, but return the outcome (exit codes, logs, time) instead of raising."""
+    return _run(target, world_size, timeout, kwargs)
+
+
+def _run(target: str, world_size: int, timeout: float, kwargs: dict[str, Any]) -> Outcome:
     module, function = target.split(":")
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="ld-ranks-") as tmp:
@@ -53,9 +79,10 @@ def run_ranks(target: str, world_size: int = 2, timeout: float = 240.0, **kwargs
             cmd = [sys.executable, "-m", "tests.helpers.worker", module, function, json.dumps(kwargs), tmp]
             procs.append((subprocess.Popen(cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT), log))
         failed = None
+        start = time.monotonic()
         try:
             for rank, (proc, _) in enumerate(procs):
-                rc = proc.wait(timeout=timeout)
+                rc = proc.wait(timeout=max(0.1, start + timeout - time.monotonic()))
                 if rc != 0 and failed is None:
                     failed = f"rank {rank} exited with {rc}"
         except subprocess.TimeoutExpired:
@@ -66,9 +93,10 @@ def run_ranks(target: str, world_size: int = 2, timeout: float = 240.0, **kwargs
                     proc.kill()
                     proc.wait()
                 log.close()
-        if failed is not None:
-            logs = "\n".join(
-                f"----- rank {r} -----\n" + (Path(tmp) / f"rank{r}.log").read_text()[-6000:] for r in range(world_size)
-            )
-            raise AssertionError(f"{target}: {failed}\n{logs}")
-        return [torch.load(Path(tmp) / f"result{r}.pt", weights_only=False) for r in range(world_size)]
+        seconds = time.monotonic() - start
+        logs = [(Path(tmp) / f"rank{r}.log").read_text() for r in range(world_size)]
+        codes = [proc.returncode for proc, _ in procs]
+        results = []
+        if failed is None:
+            results = [torch.load(Path(tmp) / f"result{r}.pt", weights_only=False) for r in range(world_size)]
+        return Outcome(codes, logs, results, failed, seconds)
