@@ -23,9 +23,9 @@ register_all()
 
 __all__ = [
     "DEFAULT_BUCKET_CAP_MB",
-    "CommunicationError",
     "ODSGD",
     "STRATEGIES",
+    "CommunicationError",
     "DelayedAlgorithm",
     "DelayedAllReduceHook",
     "DelayedStrategy",

@@ -63,7 +63,7 @@ class DelayedAllReduceHook:
             what="gradients",
         )
 
-    def hook(self, state: Any, bucket: dist.GradBucket) -> torch.futures.Future[Tensor]:
+    def hook(self, state: Any, bucket: dist.GradBucket) -> torch.futures.Future[Tensor]:  # type: ignore[name-defined]
         self.calls += 1
         buffer = bucket.buffer()
         if not self.delayed:
@@ -73,7 +73,8 @@ class DelayedAllReduceHook:
                 done: torch.futures.Future[Tensor] = torch.futures.Future()
                 done.set_result(buffer)
                 return done
-            return work.get_future().then(lambda fut: fut.value()[0].div_(world))
+            averaged: torch.futures.Future[Tensor] = work.get_future().then(lambda fut: fut.value()[0].div_(world))
+            return averaged
 
         params = bucket.parameters()
         # The bucket buffer is reused by DDP on the next backward, so reduce a copy of it.

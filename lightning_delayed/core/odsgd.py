@@ -111,7 +111,11 @@ class ODSGD(DelayedAlgorithm):
     """
 
     def __init__(
-        self, config: ODSGDConfig, params: Sequence[Tensor], optimizer: Optimizer, grad_comm: GradientCommunicator
+        self,
+        config: ODSGDConfig,
+        params: Sequence[Tensor],
+        optimizer: Optimizer,
+        grad_comm: GradientCommunicator,
     ) -> None:
         super().__init__()
         self.config = config
@@ -175,7 +179,9 @@ class ODSGD(DelayedAlgorithm):
             lrs = self._local_lrs()
             prev = self.prev_global_params if self._updated else None
             with torch.no_grad():
-                for i, (p, global_w, grad) in enumerate(zip(self.params, self.global_params, self._local_grads)):
+                for i, (p, global_w, grad) in enumerate(
+                    zip(self.params, self.global_params, self._local_grads, strict=True)
+                ):
                     if grad is None:  # parameter without gradient this step: w = W
                         p.copy_(global_w)
                         continue

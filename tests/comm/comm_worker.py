@@ -16,7 +16,11 @@ from lightning_delayed.comm.hooks import DelayedAllReduceHook
 def averaging() -> dict[str, Any]:
     dist.init_process_group("gloo")
     rank = dist.get_rank()
-    tensors = [torch.full((3, 2), float(rank + 1)), torch.arange(5.0) * (rank + 1), torch.ones(1, dtype=torch.float64)]
+    tensors = [
+        torch.full((3, 2), float(rank + 1)),
+        torch.arange(5.0) * (rank + 1),
+        torch.ones(1, dtype=torch.float64),
+    ]
     pending = launch_average(tensors, bucket_cap_mb=16 / 2**20)  # 16-byte cap: several buckets
     n_buckets = len(pending.buckets)
     for t in tensors:  # the live tensors change while the reduction is in flight
@@ -63,7 +67,9 @@ def hook_across_bucket_rebuild() -> dict[str, Any]:
             assert launched is not None
             got = launched.wait()
             errors.append(max((a - b).abs().max().item() for a, b in zip(got, mean_ref, strict=True)))
-            local_ok.append(all(torch.allclose(p.grad, g, rtol=0, atol=1e-14) for p, g in zip(params, own, strict=True)))
+            local_ok.append(
+                all(torch.allclose(p.grad, g, rtol=0, atol=1e-14) for p, g in zip(params, own, strict=True))
+            )
         else:
             assert launched is None
             errors.append(max((p.grad - m).abs().max().item() for p, m in zip(params, mean_ref, strict=True)))

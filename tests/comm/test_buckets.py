@@ -9,7 +9,13 @@ from tests.helpers.launch import run_ranks
 
 
 def test_plan_buckets_respects_cap_dtype_and_order() -> None:
-    ts = [torch.zeros(4), torch.zeros(4), torch.zeros(2, dtype=torch.float64), torch.zeros(100), torch.zeros(1)]
+    ts = [
+        torch.zeros(4),
+        torch.zeros(4),
+        torch.zeros(2, dtype=torch.float64),
+        torch.zeros(100),
+        torch.zeros(1),
+    ]
     plan = plan_buckets(ts, bucket_cap_mb=32 / 2**20)  # 32 bytes = 8 float32
     assert plan == [[0, 1], [2], [3], [4]]
     assert plan_buckets(ts, bucket_cap_mb=25) == [[0, 1, 3, 4], [2]]

@@ -96,7 +96,12 @@ def run_by_hand(config: ODSGDConfig, world: int, steps: int, lr: float = 0.1) ->
 
 @pytest.mark.parametrize(
     "config",
-    [ODSGDConfig(), ODSGDConfig(warmup_steps=2), ODSGDConfig(dc_lambda=0.7, local_lr=0.05), ODSGDConfig(warmup_steps=6)],
+    [
+        ODSGDConfig(),
+        ODSGDConfig(warmup_steps=2),
+        ODSGDConfig(dc_lambda=0.7, local_lr=0.05),
+        ODSGDConfig(warmup_steps=6),
+    ],
     ids=["plain", "warmup", "dc", "all-warmup"],
 )
 @pytest.mark.parametrize("world", [1, 3])

@@ -37,7 +37,11 @@ def exactness(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
         accumulate = case.get("accumulate", 1)
         ours = fit_odsgd(case, accumulate_grad_batches=accumulate)
         reference = reference_odsgd(
-            case["opt"], case["epochs"], accumulate=accumulate, n_batches=case.get("n_batches", 4), **case.get("args", {})
+            case["opt"],
+            case["epochs"],
+            accumulate=accumulate,
+            n_batches=case.get("n_batches", 4),
+            **case.get("args", {}),
         )
         results.append({"ours": ours, "reference": reference})
     return results

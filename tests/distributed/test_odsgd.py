@@ -14,11 +14,21 @@ CASES = [
     {"name": "plain", "opt": SGD_MOMENTUM, "epochs": 2, "args": {}},
     {"name": "warmup", "opt": SGD_MOMENTUM, "epochs": 2, "args": {"warmup_steps": 3}},
     {"name": "dc_lambda", "opt": SGD_MOMENTUM, "epochs": 2, "args": {"dc_lambda": 0.5, "local_lr": 0.02}},
-    {"name": "warmup+dc+sched", "opt": {**SGD_MOMENTUM, "step_lr": 3}, "epochs": 2,
-     "args": {"dc_lambda": 0.3, "warmup_steps": 2}},
+    {
+        "name": "warmup+dc+sched",
+        "opt": {**SGD_MOMENTUM, "step_lr": 3},
+        "epochs": 2,
+        "args": {"dc_lambda": 0.3, "warmup_steps": 2},
+    },
     {"name": "adam", "opt": {"kind": "adam", "lr": 0.01}, "epochs": 1, "args": {"warmup_steps": 1}},
-    {"name": "accumulate", "opt": SGD_MOMENTUM, "epochs": 2, "n_batches": 8, "accumulate": 2,
-     "args": {"warmup_steps": 1}},
+    {
+        "name": "accumulate",
+        "opt": SGD_MOMENTUM,
+        "epochs": 2,
+        "n_batches": 8,
+        "accumulate": 2,
+        "args": {"warmup_steps": 1},
+    },
 ]
 
 
@@ -94,5 +104,9 @@ def test_validation_runs_on_consensus_and_leaves_trajectory_unchanged() -> None:
         for i, seen in enumerate(validated["val_params"][1:]):
             step = 2 * (i + 1) - 1
             assert_close_lists(seen, validated["global"][step], f"validation {i} saw W of step {step}")
-    assert all(torch.equal(a, b) for a, b in zip(results[0]["validated"]["val_params"][-1],
-                                                 results[1]["validated"]["val_params"][-1], strict=True))
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(
+            results[0]["validated"]["val_params"][-1], results[1]["validated"]["val_params"][-1], strict=True
+        )
+    )

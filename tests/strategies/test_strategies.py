@@ -47,7 +47,11 @@ def test_odsgd_arguments_reach_the_config() -> None:
         (lambda: ODSGDStrategy(warmup_steps=-3), ValueError, r"warmup_steps .* got -3"),
         (lambda: SSGDStrategy(bucket_cap_mb=0), ValueError, r"bucket_cap_mb .* got 0"),
         (lambda: SSGDStrategy(check_finite="yes"), TypeError, r"check_finite .* got 'yes'"),
-        (lambda: ODSGDStrategy(process_group_backend="mpi"), ValueError, r"process_group_backend='mpi'.*gloo"),
+        (
+            lambda: ODSGDStrategy(process_group_backend="mpi"),
+            ValueError,
+            r"process_group_backend='mpi'.*gloo",
+        ),
         (lambda: ODSGDStrategy(ddp_comm_hook=print), ValueError, r"does not accept \['ddp_comm_hook'\]"),
         (lambda: SSGDStrategy(model_averaging_period=4), ValueError, r"model_averaging_period"),
     ],
@@ -59,7 +63,10 @@ def test_bad_arguments_are_refused_at_construction(make: Any, error: type, match
 
 class TwoOptimizers(RegressionModule):
     def configure_optimizers(self) -> Any:
-        return [torch.optim.SGD(self.net[0].parameters(), lr=0.1), torch.optim.SGD(self.net[2].parameters(), lr=0.1)]
+        return [
+            torch.optim.SGD(self.net[0].parameters(), lr=0.1),
+            torch.optim.SGD(self.net[2].parameters(), lr=0.1),
+        ]
 
     def training_step(self, batch: Any, batch_idx: int) -> Any:
         return None
@@ -96,8 +103,12 @@ class ManualTwoOptimizers(TwoOptimizers):
         (TwoOptimizers, {}, RuntimeError, r"multiple optimizers is only supported with manual optimization"),
         (ManualTwoOptimizers, {}, ValueError, r"needs automatic optimization"),
         (Manual, {}, ValueError, r"needs automatic optimization"),
-        (RegressionModule, {"precision": None, "plugins": [FP16_WITH_SCALER]}, ValueError,
-         r"does not support precision='16-mixed'"),
+        (
+            RegressionModule,
+            {"precision": None, "plugins": [FP16_WITH_SCALER]},
+            ValueError,
+            r"does not support precision='16-mixed'",
+        ),
     ],
     ids=["two-optimizers", "manual-two-optimizers", "manual", "16-mixed"],
 )
@@ -117,8 +128,11 @@ def test_hook_is_attached_and_called_on_cpu() -> None:
 
 
 def test_ssgd_matches_plain_synchronous_sgd() -> None:
-    results = run_ranks("tests.strategies.strategy_worker:ssgd_exactness",
-                        opt={"kind": "sgd", "lr": 0.05, "momentum": 0.9}, epochs=2)
+    results = run_ranks(
+        "tests.strategies.strategy_worker:ssgd_exactness",
+        opt={"kind": "sgd", "lr": 0.05, "momentum": 0.9},
+        epochs=2,
+    )
     for res in results:
         assert len(res["ours"]) == len(res["reference"]) == 8
         for a, b in zip(res["ours"], res["reference"], strict=True):
