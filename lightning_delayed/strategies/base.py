@@ -82,7 +82,7 @@ class DelayedStrategy(DDPStrategy):
         if owned:
             raise ValueError(
                 f"{type(self).__name__} does not accept {owned}: the strategy installs its own communication; "
-                "to customise it, subclass the strategy (see docs/extending.md) or use strategy='ddp'"
+                "to customise it, subclass the strategy and override build_comm_hook(), or use strategy='ddp'"
             )
         kwargs.setdefault("bucket_cap_mb", bucket_cap_mb)
         super().__init__(
