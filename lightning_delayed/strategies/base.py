@@ -78,6 +78,10 @@ class DelayedStrategy(DDPStrategy):
                 f"process_group_backend={process_group_backend!r} is not supported by {type(self).__name__}: "
                 f"use one of {SUPPORTED_BACKENDS} (or None for NCCL on GPU, gloo on CPU)"
             )
+        # LightningCLI passes every DDPStrategy argument it finds, with None for the defaults.
+        for key in _OWNED_DDP_ARGS:
+            if key in kwargs and kwargs[key] is None:
+                del kwargs[key]
         owned = sorted(set(kwargs) & set(_OWNED_DDP_ARGS))
         if owned:
             raise ValueError(
