@@ -1,0 +1,150 @@
+"""LightningCLI with the strategies (plain name and ``class_path`` YAML) and the digits example."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch.cli import LightningCLI
+
+from examples.digits import DigitsCNN, DigitsDataModule
+from lightning_delayed import ODSGDStrategy, SSGDStrategy
+
+REPO = Path(__file__).resolve().parents[2]
+CLI = REPO / "examples" / "cli.py"
+CONFIGS = REPO / "examples" / "configs"
+TIMEOUT_S = 180
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    proc = subprocess.run(
+        [sys.executable, str(CLI), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f"examples/cli.py {' '.join(args)} exited with {proc.returncode}:\n{output[-6000:]}"
+    return proc
+
+
+@pytest.mark.parametrize(
+    ("config", "expected_strategy"),
+    [("odsgd.yaml", "odsgd"), ("odsgd_class_path.yaml", {"class_path": "lightning_delayed.ODSGDStrategy"})],
+)
+def test_cli_fit_two_ranks(config: str, expected_strategy: object, tmp_path: Path) -> None:
+    proc = run_cli(
+        "fit",
+        "--config",
+        str(CONFIGS / config),
+        "--trainer.max_steps=3",
+        "--trainer.limit_val_batches=1",
+        "--trainer.num_sanity_val_steps=0",
+        "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}",
+    )
+    output = proc.stdout + proc.stderr
+    assert "Starting with 2 processes" in output
+    assert "`max_steps=3` reached" in output
+    saved = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    strategy = saved["trainer"]["strategy"]
+    if isinstance(expected_strategy, dict):
+        assert strategy["class_path"] == expected_strategy["class_path"]
+        assert strategy["init_args"]["local_lr"] == 0.05
+        assert strategy["init_args"]["warmup_steps"] == 20
+    else:
+        assert strategy == expected_strategy
+    assert saved["trainer"]["devices"] == 2
+
+
+def test_cli_print_config_shows_class_path_init_args() -> None:
+    proc = run_cli("fit", "--config", str(CONFIGS / "odsgd_class_path.yaml"), "--print_config")
+    printed = yaml.safe_load(proc.stdout)
+    strategy = printed["trainer"]["strategy"]
+    assert strategy["class_path"] == "lightning_delayed.ODSGDStrategy"
+    assert strategy["init_args"]["local_lr"] == 0.05
+    assert strategy["init_args"]["dc_lambda"] == 0.0
+    assert strategy["init_args"]["warmup_steps"] == 20
+
+
+def test_cli_instantiates_class_path_strategy_with_init_args(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["cli.py"])
+    cli = LightningCLI(
+        DigitsCNN,
+        DigitsDataModule,
+        run=False,
+        save_config_callback=None,
+        args=["--config", str(CONFIGS / "odsgd_class_path.yaml"), "--trainer.devices=1"],
+    )
+    strategy = cli.trainer.strategy
+    assert isinstance(strategy, ODSGDStrategy)
+    assert strategy.config.local_lr == 0.05
+    assert strategy.config.dc_lambda == 0.0
+    assert strategy.config.warmup_steps == 20
+    assert isinstance(cli.model, DigitsCNN)
+    assert cli.model.lr == 0.05
+
+
+def test_cli_plain_name_resolves_to_registered_strategy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["cli.py"])
+    cli = LightningCLI(
+        DigitsCNN,
+        DigitsDataModule,
+        run=False,
+        save_config_callback=None,
+        args=["--config", str(CONFIGS / "ssgd.yaml"), "--trainer.devices=1"],
+    )
+    assert isinstance(cli.trainer.strategy, SSGDStrategy)
+    assert cli.datamodule.batch_size == 32
+
+
+def test_digits_datamodule_split_and_shapes() -> None:
+    data = DigitsDataModule(batch_size=16, seed=3)
+    data.setup("fit")
+    assert data.train_set is not None and data.test_set is not None
+    train_x, train_y = data.train_set.tensors
+    test_x, test_y = data.test_set.tensors
+    assert train_x.shape == (1297, 1, 8, 8) and test_x.shape == (500, 1, 8, 8)
+    assert train_x.dtype == torch.float32 and train_y.dtype == torch.int64
+    assert float(train_x.min()) == 0.0 and float(train_x.max()) == 1.0
+    assert set(train_y.tolist()) == set(range(10)) and set(test_y.tolist()) == set(range(10))
+
+    # The split is a function of the seed alone: same seed, same test set; another seed, another.
+    again = DigitsDataModule(seed=3)
+    again.setup("fit")
+    assert again.test_set is not None
+    assert torch.equal(again.test_set.tensors[0], test_x)
+    other = DigitsDataModule(seed=4)
+    other.setup("fit")
+    assert other.test_set is not None
+    assert not torch.equal(other.test_set.tensors[0], test_x)
+
+    x, y = next(iter(data.train_dataloader()))
+    assert x.shape == (16, 1, 8, 8) and y.shape == (16,)
+    assert len(data.test_dataloader().dataset) == 500
+
+
+def test_digits_cnn_forward_and_one_sgd_step_lowers_loss() -> None:
+    torch.manual_seed(0)
+    data = DigitsDataModule(batch_size=64)
+    data.setup("fit")
+    x, y = next(iter(data.train_dataloader()))
+    model = DigitsCNN(lr=0.05, momentum=0.0)
+    logits = model(x)
+    assert logits.shape == (64, 10)
+    optimizer = model.configure_optimizers()
+    assert isinstance(optimizer, torch.optim.SGD)
+    loss_before = model.loss_fn(logits, y)
+    loss_before.backward()
+    optimizer.step()
+    with torch.no_grad():
+        loss_after = model.loss_fn(model(x), y)
+    assert loss_after < loss_before
