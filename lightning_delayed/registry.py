@@ -8,10 +8,24 @@ from __future__ import annotations
 
 from lightning.pytorch.strategies import StrategyRegistry
 
-from lightning_delayed.strategies import ODSGDStrategy, SSGDStrategy
+from lightning_delayed.strategies import (
+    CoCoDSGDStrategy,
+    DaSGDStrategy,
+    LocalSGDStrategy,
+    ODSGDStrategy,
+    OverlapLocalSGDStrategy,
+    SSGDStrategy,
+)
 from lightning_delayed.strategies.base import DelayedStrategy
 
-STRATEGIES: tuple[type[DelayedStrategy], ...] = (SSGDStrategy, ODSGDStrategy)
+STRATEGIES: tuple[type[DelayedStrategy], ...] = (
+    SSGDStrategy,
+    ODSGDStrategy,
+    LocalSGDStrategy,
+    DaSGDStrategy,
+    CoCoDSGDStrategy,
+    OverlapLocalSGDStrategy,
+)
 """Every algorithm, baselines first; the demo and the benchmarks iterate over this tuple."""
 
 

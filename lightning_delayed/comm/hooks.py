@@ -94,3 +94,24 @@ class DelayedAllReduceHook:
         """Everything launched since the last call, as one pending average over all slots."""
         launched, self._launched = self._launched, None
         return launched
+
+
+class LocalGradientHook:
+    """DDP hook of the model-averaging strategies: no gradient is ever communicated.
+
+    Each rank steps on its own gradient, so the hook hands DDP the local bucket buffer at once in
+    a completed future, with no collective. (With a custom hook DDP does not pre-divide the
+    gradient by the world size, so ``p.grad`` is exactly the rank's own gradient.)
+
+    Attributes:
+        calls: number of buckets handled (tests use it to prove the hook is attached).
+    """
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def hook(self, state: Any, bucket: dist.GradBucket) -> torch.futures.Future[Tensor]:  # type: ignore[name-defined]
+        self.calls += 1
+        local: torch.futures.Future[Tensor] = torch.futures.Future()
+        local.set_result(bucket.buffer())
+        return local

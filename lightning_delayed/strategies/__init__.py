@@ -1,7 +1,21 @@
 """Lightning strategies, one per algorithm, on the shared :class:`DelayedStrategy` base."""
 
+from lightning_delayed.strategies.averaging import (
+    CoCoDSGDStrategy,
+    DaSGDStrategy,
+    LocalSGDStrategy,
+    OverlapLocalSGDStrategy,
+)
 from lightning_delayed.strategies.base import DelayedStrategy
 from lightning_delayed.strategies.odsgd import ODSGDStrategy
 from lightning_delayed.strategies.ssgd import SSGDStrategy
 
-__all__ = ["DelayedStrategy", "ODSGDStrategy", "SSGDStrategy"]
+__all__ = [
+    "CoCoDSGDStrategy",
+    "DaSGDStrategy",
+    "DelayedStrategy",
+    "LocalSGDStrategy",
+    "ODSGDStrategy",
+    "OverlapLocalSGDStrategy",
+    "SSGDStrategy",
+]

@@ -6,6 +6,7 @@ that all replicas deposited under the same sequence number, exactly like an all-
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 
 import torch
@@ -33,8 +34,12 @@ class FakePending:
     def __init__(self, group: FakeGroup, seq: int) -> None:
         self.group, self.seq = group, seq
 
-    def wait(self) -> list[torch.Tensor]:
+    def wait(self, timeout: float = 0.0) -> list[torch.Tensor]:
+        """``timeout > 0``: poll that long for the other replicas (replicas running in threads)."""
+        deadline = time.monotonic() + timeout
         contributions = self.group._slots[self.seq]
+        while len(contributions) < self.group.world_size and time.monotonic() < deadline:
+            time.sleep(0.001)
         assert len(contributions) == self.group.world_size, "wait() before every replica launched"
         return self.group.average_now([contributions[r] for r in range(self.group.world_size)])
 

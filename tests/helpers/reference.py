@@ -109,3 +109,113 @@ def reference_odsgd(
             p.grad = gb.clone()
         optimizer.step()
     return {"local": local_hist, "global": global_hist, "final": [p.detach().clone() for p in params]}
+
+
+def model_tensors(module: nn.Module, average_buffers: bool) -> list[torch.Tensor]:
+    """``x``: parameters, then the floating-point buffers when they are averaged."""
+    tensors = list(module.parameters())
+    if average_buffers:
+        tensors += [b for b in module.buffers() if b.is_floating_point()]
+    return tensors
+
+
+def full_state(module: nn.Module) -> list[torch.Tensor]:
+    """What the tests compare: every parameter and every buffer (integer ones included)."""
+    return [t.detach().clone() for t in [*module.parameters(), *module.buffers()]]
+
+
+def weighted_mean(tensors: list[torch.Tensor], weight: float | None) -> list[torch.Tensor]:
+    if weight is None:
+        return mean(tensors)
+    total = torch.tensor([float(weight)], dtype=torch.float64)
+    dist.all_reduce(total)
+    out = []
+    for t in tensors:
+        t = t.detach().clone() * weight
+        dist.all_reduce(t)
+        out.append(t / total.to(t.dtype))
+    return out
+
+
+def assign(tensors: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+    with torch.no_grad():
+        for t, v in zip(tensors, values, strict=True):
+            t.copy_(v)
+
+
+AVERAGING_DEFAULTS: dict[str, dict[str, Any]] = {
+    "local_sgd": {"sync_every": 4},
+    "dasgd": {"sync_every": 4, "delay": 1, "weighting": "uniform"},
+    "cocodsgd": {"sync_every": 4, "weighting": "uniform"},
+    "overlap_local_sgd": {"sync_every": 2, "alpha": 0.6, "outer_momentum": 0.0},
+}
+
+
+def reference_averaging(
+    kind: str,
+    opt: dict[str, Any],
+    epochs: int,
+    args: dict[str, Any],
+    accumulate: int = 1,
+    n_batches: int = 4,
+    batchnorm: bool = False,
+    batch_sizes: list[int] | None = None,
+) -> dict[str, Any]:
+    """Local SGD, DaSGD, CoCoD-SGD and Overlap Local-SGD as ALGORITHMS.md writes them, blocking."""
+    a = {**AVERAGING_DEFAULTS[kind], "average_buffers": True, **args}
+    tau = a["sync_every"]
+    delay = tau if kind == "cocodsgd" else a.get("delay", 1)
+    module = RegressionModule(n_batches=n_batches, opt=opt, batchnorm=batchnorm, batch_sizes=batch_sizes)
+    module.train()
+    optimizer = build_optimizer(list(module.parameters()), opt)
+    scheduler = build_scheduler(optimizer, opt)
+    x = model_tensors(module, a["average_buffers"])
+    pending: list[torch.Tensor] | None = None  # the average launched at launch_step (already computed)
+    launch_step = -1
+    snapshot: list[torch.Tensor] = []
+    velocity = [torch.zeros_like(t) for t in x]
+    samples = 0
+    hist = []
+    for k, micro in enumerate(batches(module, epochs, accumulate)):
+        backward(module, micro)  # own gradient only: nothing is communicated
+        samples += sum(len(xb) for xb, _ in micro)
+        optimizer.step()
+        sync = (k + 1) % tau == 0
+        if kind == "local_sgd":
+            if sync:
+                assign(x, mean([t.detach().clone() for t in x]))
+        elif kind in ("dasgd", "cocodsgd"):
+            if pending is not None and launch_step == k - delay:
+                assign(x, [c + (xi.detach() - s) for c, xi, s in zip(pending, x, snapshot, strict=True)])
+                pending = None
+            if sync:
+                snapshot = [t.detach().clone() for t in x]
+                weight = float(samples) if a["weighting"] == "samples" else None
+                pending = weighted_mean([t.detach().clone() for t in x], weight)
+                launch_step, samples = k, 0
+        elif sync:  # overlap_local_sgd
+            alpha, beta = a["alpha"], a["outer_momentum"]
+            if pending is not None:
+                z = pending
+                assign(x, [(1 - alpha) * xi.detach() + alpha * zi for xi, zi in zip(x, z, strict=True)])
+                if beta > 0:
+                    lr = optimizer.param_groups[0]["lr"]
+                    velocity = [beta * v + (zi - xi.detach()) / lr for v, xi, zi in zip(velocity, x, z, strict=True)]
+                    send = [zi - lr * v for zi, v in zip(z, velocity, strict=True)]
+                else:
+                    send = [t.detach().clone() for t in x]
+            else:
+                send = [t.detach().clone() for t in x]
+            pending = mean(send)
+        if scheduler is not None:
+            scheduler.step()
+        hist.append(full_state(module))
+    # End of training: merge what is pending by the algorithm's rule, then one synchronous average.
+    if pending is not None:
+        if kind in ("dasgd", "cocodsgd"):
+            assign(x, [c + (xi.detach() - s) for c, xi, s in zip(pending, x, snapshot, strict=True)])
+        elif kind == "overlap_local_sgd":
+            alpha = a["alpha"]
+            assign(x, [(1 - alpha) * xi.detach() + alpha * zi for xi, zi in zip(x, pending, strict=True)])
+    assign(x, mean([t.detach().clone() for t in x]))
+    return {"local": hist, "final": full_state(module)}

@@ -1,0 +1,192 @@
+r"""The shared piece of the model-averaging family (Local SGD, DaSGD, CoCoD-SGD, Overlap Local-SGD).
+
+What is averaged (the "model state" ``x``): the module's trainable parameters plus, when
+``average_buffers=True``, its floating-point buffers (BatchNorm running statistics). Integer
+buffers (``num_batches_tracked``) are never averaged.
+
+Every average is of a *copy*: :meth:`AveragingAlgorithm.launch` hands the tensors to a
+:class:`ParameterCommunicator` that copies them into its own flat buckets and starts an
+asynchronous all-reduce; the live weights keep training while it is in flight. The merge rules
+are small pure functions (:func:`merge_delayed_`, :func:`pull_back_`), shared by the algorithms
+and by the single-process tests.
+
+The common parts of the life cycle live in :class:`AveragingAlgorithm`:
+
+* ``finish()``: the algorithm merges whatever is pending by its own rule
+  (:meth:`AveragingAlgorithm.finish_pending`), then one *synchronous* average of ``x`` makes all
+  ranks bit-identical (the sum of the same contributions, divided by the same number).
+* ``consensus()``: a synchronous average of a temporary copy is swapped into ``x`` for validation;
+  each rank's own ``x`` comes back afterwards, pending communication is not touched.
+* checkpoints: the rank's own ``x`` and its optimizer state are rank-local (Lightning saves only
+  rank 0's optimizer), so they go into :meth:`local_state_dict`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.optim import Optimizer
+
+from lightning_delayed.comm.buckets import DEFAULT_BUCKET_CAP_MB, Pending, launch_average
+from lightning_delayed.core.base import DelayedAlgorithm, clone_all, copy_all_
+
+WEIGHTINGS = ("uniform", "samples")
+
+
+def check_sync_every(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"sync_every (tau) must be an integer >= 1, got {value!r}")
+    return value
+
+
+def check_average_buffers(value: object) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"average_buffers must be True or False, got {value!r}")
+    return value
+
+
+def model_state(module: nn.Module, params: Sequence[Tensor], average_buffers: bool) -> list[Tensor]:
+    """``x``: the given parameters, then the module's floating-point buffers if ``average_buffers``."""
+    tensors = list(params)
+    if average_buffers:
+        tensors += [b for b in module.buffers() if b.is_floating_point()]
+    return tensors
+
+
+class ParameterCommunicator(Protocol):
+    """Starts an average of (copies of) tensors; a test passes a fake one."""
+
+    def launch(self, tensors: Sequence[Tensor], weight: float | None = None) -> Pending: ...
+
+
+class BucketedCommunicator:
+    """:func:`~lightning_delayed.comm.buckets.launch_average` over a process group."""
+
+    def __init__(
+        self,
+        group: dist.ProcessGroup | None = None,
+        bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB,
+        check_finite: bool = True,
+    ) -> None:
+        self.group = group
+        self.bucket_cap_mb = bucket_cap_mb
+        self.check_finite = check_finite
+
+    def launch(self, tensors: Sequence[Tensor], weight: float | None = None) -> Pending:
+        return launch_average(
+            tensors,
+            group=self.group,
+            bucket_cap_mb=self.bucket_cap_mb,
+            weight=weight,
+            check_finite=self.check_finite,
+            what="parameters",
+        )
+
+
+class Completed:
+    """A pending average that already arrived (restored from a checkpoint)."""
+
+    def __init__(self, tensors: list[Tensor]) -> None:
+        self._tensors = tensors
+
+    def wait(self) -> list[Tensor]:
+        return self._tensors
+
+
+def merge_delayed_(x: Sequence[Tensor], average: Sequence[Tensor], snapshot: Sequence[Tensor]) -> None:
+    """DaSGD's merge ``x <- cbar + (x - s)`` in place: the stale own part is replaced by the average."""
+    with torch.no_grad():
+        for xi, ci, si in zip(x, average, snapshot, strict=True):
+            xi.copy_(ci + (xi - si))
+
+
+def pull_back_(x: Sequence[Tensor], anchor: Sequence[Tensor], alpha: float) -> None:
+    """Overlap Local-SGD's pull-back ``x <- (1 - alpha) * x + alpha * z`` in place."""
+    with torch.no_grad():
+        for xi, zi in zip(x, anchor, strict=True):
+            xi.copy_((1 - alpha) * xi + alpha * zi)
+
+
+class AveragingAlgorithm(DelayedAlgorithm):
+    """Base of the model-averaging algorithms: ``x``, the communicator, finish/consensus/checkpoints.
+
+    Args:
+        tensors: ``x``, see :func:`model_state` (parameters first, then float buffers).
+        optimizer: the user's optimizer; only its rank-local state is checkpointed here.
+        comm: the communicator (default: bucketed all-reduce over the world).
+    """
+
+    def __init__(
+        self, tensors: Sequence[Tensor], optimizer: Optimizer, comm: ParameterCommunicator | None = None
+    ) -> None:
+        super().__init__()
+        self.tensors = list(tensors)
+        self.optimizer = optimizer
+        self.comm: ParameterCommunicator = comm if comm is not None else BucketedCommunicator()
+
+    # -------------------------------------------------------------- helpers for the rules
+
+    def launch(self, send: Sequence[Tensor], weight: float | None = None) -> Pending:
+        """Start ``mean(send)``; the communicator copies ``send``, so it may change right after."""
+        return self.comm.launch(send, weight)
+
+    def average_now_(self) -> None:
+        """``x <- mean(x)``, blocking."""
+        averaged = self.comm.launch(self.tensors).wait()
+        copy_all_(self.tensors, averaged)
+
+    def is_sync_step(self, sync_every: int) -> bool:
+        return (self.step + 1) % sync_every == 0
+
+    # -------------------------------------------------------------- life cycle
+
+    def finish_pending(self) -> None:
+        """Wait for and merge the pending average by the algorithm's own rule (end of training)."""
+
+    def finish(self) -> None:
+        self.finish_pending()
+        self.average_now_()
+
+    @contextlib.contextmanager
+    def consensus(self) -> Iterator[None]:
+        own = clone_all(self.tensors)
+        averaged = self.comm.launch(self.tensors).wait()
+        copy_all_(self.tensors, averaged)
+        try:
+            yield
+        finally:
+            copy_all_(self.tensors, own)
+
+    # -------------------------------------------------------------- checkpoints
+
+    def local_state_dict(self) -> dict[str, Any]:
+        return {
+            "tensors": clone_all(self.tensors),
+            # Each rank's momentum / Adam moments are its own; Lightning saves only rank 0's.
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+        }
+
+    def load_state_dict(self, state: dict[str, Any], local_state: dict[str, Any]) -> None:
+        super().load_state_dict(state, local_state)
+        tensors = local_state.get("tensors")
+        if tensors is not None:
+            copy_all_(self.tensors, self.to_tensors(tensors))
+        optimizer_state = local_state.get("optimizer")
+        if optimizer_state is not None:
+            # Called after Lightning restored rank 0's optimizer state: overwrite it with this rank's.
+            self.optimizer.load_state_dict(copy.deepcopy(optimizer_state))
+
+    def to_tensors(self, saved: Sequence[Tensor]) -> list[Tensor]:
+        """Saved tensors moved to the device and dtype of ``x`` (fresh storage, never aliased)."""
+        return [
+            t.detach().to(device=x.device, dtype=x.dtype, copy=True) for t, x in zip(saved, self.tensors, strict=True)
+        ]
+
+    def maybe_tensors(self, saved: Sequence[Tensor] | None) -> list[Tensor] | None:
+        return None if saved is None else self.to_tensors(saved)

@@ -1,0 +1,150 @@
+r"""Overlap Local-SGD: local SGD whose anchor average runs during the next period.
+
+Wang, Liang, Joshi. *Overlap Local-SGD: An Algorithmic Approach to Hide Communication Delays in
+Distributed SGD.* ICASSP 2020. https://arxiv.org/abs/2002.09539
+
+Per-rank state: anchor :math:`z`, outer momentum :math:`v`, one pending anchor average. After the
+optimizer step of every step with :math:`(k + 1) \bmod \tau = 0`:
+
+.. math::
+
+    &\text{if an anchor average is pending: wait for it: } z \\
+    &\qquad x \leftarrow (1 - \alpha)\, x + \alpha z \\
+    &\qquad \beta > 0:\; v \leftarrow \beta v + (z - x) / \eta,\quad \text{send} \leftarrow z - \eta v
+        \qquad \beta = 0:\; \text{send} \leftarrow x \\
+    &\text{else (first synchronisation point): send} \leftarrow x \\
+    &\text{launch } \mathrm{mean}(\text{send})
+
+:math:`\eta` is the current LR of the optimizer's first param group. At the end of training the
+pending anchor is waited for and pulled toward, then ``x`` is averaged synchronously.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from lightning_delayed.comm.buckets import Pending
+from lightning_delayed.core.averaging import (
+    AveragingAlgorithm,
+    Completed,
+    ParameterCommunicator,
+    check_average_buffers,
+    check_sync_every,
+    pull_back_,
+)
+from lightning_delayed.core.base import clone_all
+
+
+@dataclass(frozen=True)
+class OverlapLocalSGDConfig:
+    """Arguments of Overlap Local-SGD.
+
+    Args:
+        sync_every: :math:`\\tau \\ge 1`, optimizer steps between anchor launches.
+        alpha: :math:`\\alpha \\in (0, 1]`, strength of the pull toward the anchor.
+        outer_momentum: :math:`\\beta \\ge 0` of the anchor momentum (0: none; the paper uses 0.7).
+        average_buffers: also average floating-point buffers (BatchNorm statistics).
+    """
+
+    sync_every: int = 2
+    alpha: float = 0.6
+    outer_momentum: float = 0.0
+    average_buffers: bool = True
+
+    def __post_init__(self) -> None:
+        check_sync_every(self.sync_every)
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha <= 1:
+            raise ValueError(f"alpha must be a number in (0, 1], got {self.alpha!r}")
+        if (
+            isinstance(self.outer_momentum, bool)
+            or not isinstance(self.outer_momentum, (int, float))
+            or self.outer_momentum < 0
+        ):
+            raise ValueError(f"outer_momentum (beta) must be a number >= 0 (0: none), got {self.outer_momentum!r}")
+        check_average_buffers(self.average_buffers)
+
+
+def anchor_momentum_(
+    v: Sequence[Tensor], x: Sequence[Tensor], anchor: Sequence[Tensor], beta: float, lr: float
+) -> list[Tensor]:
+    """``v <- beta * v + (z - x) / lr`` in place; returns ``send = z - lr * v``."""
+    send = []
+    with torch.no_grad():
+        for vi, xi, zi in zip(v, x, anchor, strict=True):
+            vi.copy_(beta * vi + (zi - xi) / lr)
+            send.append(zi - lr * vi)
+    return send
+
+
+class OverlapLocalSGD(AveragingAlgorithm):
+    """Overlap Local-SGD state and rule (see the module docstring).
+
+    Attributes:
+        anchor: ``z``, the last anchor average received (``None`` before the first).
+        momentum: ``v``, the outer momentum buffer (``None`` until first used).
+        pending: the anchor average in flight.
+    """
+
+    def __init__(
+        self,
+        config: OverlapLocalSGDConfig,
+        tensors: Sequence[Tensor],
+        optimizer: Optimizer,
+        comm: ParameterCommunicator | None = None,
+    ) -> None:
+        super().__init__(tensors, optimizer, comm)
+        self.config = config
+        self.anchor: list[Tensor] | None = None
+        self.momentum: list[Tensor] | None = None
+        self.pending: Pending | None = None
+
+    def current_lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _receive_and_pull_back(self) -> None:
+        assert self.pending is not None
+        self.anchor = clone_all(self.pending.wait())
+        self.pending = None
+        pull_back_(self.tensors, self.anchor, float(self.config.alpha))
+
+    def after_optimizer_step(self) -> None:
+        if self.is_sync_step(self.config.sync_every):
+            send: Sequence[Tensor] = self.tensors  # the communicator copies it
+            if self.pending is not None:
+                self._receive_and_pull_back()
+                assert self.anchor is not None
+                beta = float(self.config.outer_momentum)
+                if beta > 0:
+                    if self.momentum is None:
+                        self.momentum = [torch.zeros_like(t) for t in self.tensors]
+                    send = anchor_momentum_(self.momentum, self.tensors, self.anchor, beta, self.current_lr())
+            self.pending = self.launch(send)
+        self.step += 1
+
+    def finish_pending(self) -> None:
+        if self.pending is not None:
+            self._receive_and_pull_back()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            # Waiting only receives the anchor early; it is used at the same step as always.
+            "pending_average": None if self.pending is None else clone_all(self.pending.wait()),
+            "anchor": None if self.anchor is None else clone_all(self.anchor),
+        }
+
+    def local_state_dict(self) -> dict[str, Any]:
+        return {**super().local_state_dict(), "momentum": None if self.momentum is None else clone_all(self.momentum)}
+
+    def load_state_dict(self, state: dict[str, Any], local_state: dict[str, Any]) -> None:
+        super().load_state_dict(state, local_state)
+        pending = self.maybe_tensors(state["pending_average"])
+        self.pending = None if pending is None else Completed(pending)
+        self.anchor = self.maybe_tensors(state["anchor"])
+        self.momentum = self.maybe_tensors(local_state["momentum"])
