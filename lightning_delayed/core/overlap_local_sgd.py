@@ -109,7 +109,9 @@ class OverlapLocalSGD(AveragingAlgorithm):
 
     def _receive_and_pull_back(self) -> None:
         assert self.pending is not None
-        self.anchor = clone_all(self.pending.wait())
+        # The average lives in the pending's own buffers, which nothing else references once the
+        # pending is dropped: the anchor takes them over instead of copying a whole model.
+        self.anchor = list(self.pending.wait())
         self.pending = None
         pull_back_(self.tensors, self.anchor, float(self.config.alpha))
 
