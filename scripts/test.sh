@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check lightning_delayed tests examples
+.venv/bin/ruff check lightning_delayed tests examples benchmarks
 .venv/bin/mypy
 export OMP_NUM_THREADS=1
 exec .venv/bin/python -m pytest "$@"
