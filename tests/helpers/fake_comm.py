@@ -6,7 +6,7 @@ that all replicas deposited under the same sequence number, exactly like an all-
 
 from __future__ import annotations
 
-import time
+import threading
 from collections import defaultdict
 
 import torch
@@ -18,12 +18,15 @@ class FakeGroup:
         self._seq = [0] * world_size
         self._slots: dict[int, dict[int, list[torch.Tensor]]] = defaultdict(dict)
         self.launches = 0
+        self.cond = threading.Condition()  # replicas may run in threads (blocking averages)
 
     def launch(self, rank: int, tensors: list[torch.Tensor]) -> FakePending:
         seq = self._seq[rank]
         self._seq[rank] += 1
-        self._slots[seq][rank] = [t.detach().clone() for t in tensors]
-        self.launches += 1
+        with self.cond:
+            self._slots[seq][rank] = [t.detach().clone() for t in tensors]
+            self.launches += 1
+            self.cond.notify_all()
         return FakePending(self, seq)
 
     def average_now(self, per_rank: list[list[torch.Tensor]]) -> list[torch.Tensor]:
@@ -36,10 +39,9 @@ class FakePending:
 
     def wait(self, timeout: float = 0.0) -> list[torch.Tensor]:
         """``timeout > 0``: poll that long for the other replicas (replicas running in threads)."""
-        deadline = time.monotonic() + timeout
         contributions = self.group._slots[self.seq]
-        while len(contributions) < self.group.world_size and time.monotonic() < deadline:
-            time.sleep(0.001)
+        with self.group.cond:
+            self.group.cond.wait_for(lambda: len(contributions) == self.group.world_size, timeout=timeout)
         assert len(contributions) == self.group.world_size, "wait() before every replica launched"
         return self.group.average_now([contributions[r] for r in range(self.group.world_size)])
 
