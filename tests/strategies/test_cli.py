@@ -148,3 +148,26 @@ def test_digits_cnn_forward_and_one_sgd_step_lowers_loss() -> None:
     with torch.no_grad():
         loss_after = model.loss_fn(model(x), y)
     assert loss_after < loss_before
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))
+def test_every_example_config_builds_its_strategy_with_its_arguments(
+    config: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["cli.py"])
+    raw = yaml.safe_load((CONFIGS / config).read_text())["trainer"]["strategy"]
+    cli = LightningCLI(
+        DigitsCNN,
+        DigitsDataModule,
+        run=False,
+        save_config_callback=None,
+        args=["--config", str(CONFIGS / config), "--trainer.devices=1"],
+    )
+    strategy = cli.trainer.strategy
+    if isinstance(raw, str):
+        assert type(strategy).strategy_name == raw
+        return
+    assert f"lightning_delayed.{type(strategy).__name__}" == raw["class_path"]
+    for name, value in (raw.get("init_args") or {}).items():
+        held = getattr(strategy.config, name, getattr(strategy, name, None))
+        assert held == value, f"{config}: {name} is {held!r}, the YAML says {value!r}"
