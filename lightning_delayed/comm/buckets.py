@@ -52,6 +52,16 @@ class Pending(Protocol):
     def wait(self) -> list[Tensor]: ...
 
 
+class Completed:
+    """A pending result that already arrived (for example, restored from a checkpoint)."""
+
+    def __init__(self, tensors: list[Tensor]) -> None:
+        self._tensors = tensors
+
+    def wait(self) -> list[Tensor]:
+        return self._tensors
+
+
 @dataclass
 class _Bucket:
     """One flat buffer in flight, and where each of its slices belongs in the result list."""

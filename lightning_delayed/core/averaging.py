@@ -89,16 +89,6 @@ class BucketedCommunicator:
         )
 
 
-class Completed:
-    """A pending average that already arrived (restored from a checkpoint)."""
-
-    def __init__(self, tensors: list[Tensor]) -> None:
-        self._tensors = tensors
-
-    def wait(self) -> list[Tensor]:
-        return self._tensors
-
-
 def merge_delayed_(x: Sequence[Tensor], average: Sequence[Tensor], snapshot: Sequence[Tensor]) -> None:
     """DaSGD's merge ``x <- cbar + (x - s)`` in place: the stale own part is replaced by the average."""
     with torch.no_grad():

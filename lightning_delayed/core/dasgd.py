@@ -31,11 +31,10 @@ from typing import Any
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_delayed.comm.buckets import Pending
+from lightning_delayed.comm.buckets import Completed, Pending
 from lightning_delayed.core.averaging import (
     WEIGHTINGS,
     AveragingAlgorithm,
-    Completed,
     ParameterCommunicator,
     check_average_buffers,
     check_sync_every,

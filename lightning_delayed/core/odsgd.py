@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_delayed.comm.buckets import Pending
+from lightning_delayed.comm.buckets import Completed, Pending
 from lightning_delayed.core.base import DelayedAlgorithm, clone_all, copy_all_, param_lrs
 
 
@@ -77,16 +77,6 @@ class ODSGDConfig:
             raise ValueError(f"dc_lambda must be a number >= 0 (0 disables delay compensation), got {self.dc_lambda!r}")
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
-
-
-class _Completed:
-    """A pending result that already arrived (restored from a checkpoint)."""
-
-    def __init__(self, tensors: list[Tensor]) -> None:
-        self._tensors = tensors
-
-    def wait(self) -> list[Tensor]:
-        return self._tensors
 
 
 def local_step_(
@@ -252,7 +242,7 @@ class ODSGD(DelayedAlgorithm):
         self.global_params = to_params(state["global_params"])
         self.prev_global_params = to_params(state["prev_global_params"])
         pending = to_params(state["pending_mean_grads"])
-        self.pending = None if pending is None else _Completed(pending)
+        self.pending = None if pending is None else Completed(pending)
         local = to_params(local_state.get("local_params"))
         if local is not None:
             copy_all_(self.params, local)

@@ -29,10 +29,9 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from lightning_delayed.comm.buckets import Pending
+from lightning_delayed.comm.buckets import Completed, Pending
 from lightning_delayed.core.averaging import (
     AveragingAlgorithm,
-    Completed,
     ParameterCommunicator,
     check_average_buffers,
     check_sync_every,

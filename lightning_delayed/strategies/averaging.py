@@ -34,7 +34,7 @@ from lightning_delayed.strategies.base import DelayedStrategy
 class AveragingStrategy(DelayedStrategy):
     """Base of the model-averaging strategies (not registered itself)."""
 
-    average_buffers: bool
+    config: LocalSGDConfig | DaSGDConfig | OverlapLocalSGDConfig
 
     def __init__(self, **kwargs: Any) -> None:
         # Buffers take part in the averages and evolve locally in between (ALGORITHMS.md).
@@ -47,7 +47,7 @@ class AveragingStrategy(DelayedStrategy):
 
     def model_tensors(self, params: Sequence[Tensor]) -> list[Tensor]:
         assert self.lightning_module is not None
-        return model_state(self.lightning_module, params, self.average_buffers)
+        return model_state(self.lightning_module, params, self.config.average_buffers)
 
     def communicator(self) -> BucketedCommunicator:
         return BucketedCommunicator(bucket_cap_mb=self.bucket_cap_mb, check_finite=self.check_finite)
@@ -63,10 +63,10 @@ class LocalSGDStrategy(AveragingStrategy):
     """
 
     strategy_name = "local_sgd"
+    config: LocalSGDConfig
 
     def __init__(self, sync_every: int = 4, average_buffers: bool = True, **kwargs: Any) -> None:
         self.config = LocalSGDConfig(sync_every=sync_every, average_buffers=average_buffers)
-        self.average_buffers = average_buffers
         super().__init__(**kwargs)
 
     @override
@@ -119,7 +119,6 @@ class DaSGDStrategy(_DelayedAveragingStrategy):
         self.config = DaSGDConfig(
             sync_every=sync_every, delay=delay, weighting=weighting, average_buffers=average_buffers
         )
-        self.average_buffers = average_buffers
         super().__init__(**kwargs)
 
 
@@ -141,7 +140,6 @@ class CoCoDSGDStrategy(_DelayedAveragingStrategy):
         self, sync_every: int = 4, weighting: str = "uniform", average_buffers: bool = True, **kwargs: Any
     ) -> None:
         self.config = cocodsgd_config(sync_every=sync_every, weighting=weighting, average_buffers=average_buffers)
-        self.average_buffers = average_buffers
         super().__init__(**kwargs)
 
 
@@ -158,6 +156,7 @@ class OverlapLocalSGDStrategy(AveragingStrategy):
     """
 
     strategy_name = "overlap_local_sgd"
+    config: OverlapLocalSGDConfig
 
     def __init__(
         self,
@@ -170,7 +169,6 @@ class OverlapLocalSGDStrategy(AveragingStrategy):
         self.config = OverlapLocalSGDConfig(
             sync_every=sync_every, alpha=alpha, outer_momentum=outer_momentum, average_buffers=average_buffers
         )
-        self.average_buffers = average_buffers
         super().__init__(**kwargs)
 
     @override
