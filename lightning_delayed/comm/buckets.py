@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from lightning_delayed.comm import stats as comm_stats
+
 DEFAULT_BUCKET_CAP_MB = 25.0
 """Bucket cap in MiB, the same default as DDP."""
 
@@ -37,7 +39,8 @@ class CommunicationError(RuntimeError):
 def wait_work(work: Any, what: str) -> None:
     """``work.wait()``, turning the backend's error into one that says what failed and what to check."""
     try:
-        work.wait()
+        with comm_stats.blocked():  # the monitor's "time blocked on communication"
+            work.wait()
     except RuntimeError as e:
         raise CommunicationError(
             f"the all-reduce of the {what} failed: another rank has probably died or stopped responding "
@@ -168,6 +171,7 @@ def launch_flat_all_reduce(flat: Tensor, group: dist.ProcessGroup | None) -> Any
     """
     if world_size_of(group) == 1:
         return None
+    comm_stats.record_sent(flat.numel() * flat.element_size())
     return dist.all_reduce(flat, op=dist.ReduceOp.SUM, group=group, async_op=True)
 
 
