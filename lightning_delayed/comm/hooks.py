@@ -1,19 +1,20 @@
-"""DDP communication hooks.
+"""DDP communication hooks: where DDP's gradient buckets meet a :class:`~lightning_delayed.comm.communicator.CommHook`.
 
-:class:`DelayedAllReduceHook` is the hook of the gradient algorithms that hide the gradient
-all-reduce behind the next step (OD-SGD). DDP calls it once per bucket, during backward, as soon as
-the bucket's gradients are ready. In delayed mode it
+:class:`DDPGradientHook` is the hook of the gradient algorithms (``odsgd``, ``ssgd`` with a custom
+hook or compression, Pipe-SGD in ``examples/custom_algorithm.py``). DDP calls it once per bucket,
+during backward, as soon as the bucket's gradients are ready. It
 
-1. copies the bucket into a buffer of its own and starts ``all_reduce(async_op=True)`` on the copy,
-2. hands DDP the *local* gradient at once (a completed future), so backward never waits,
-3. keeps the in-flight reduction, keyed by parameter, until the algorithm takes it
-   (:meth:`take_launched`) and waits for it one step later.
-
-In synchronous mode (OD-SGD's warm-up) it is the plain averaging hook.
+1. starts the average of the bucket's gradients through the ``CommHook`` (which copies them),
+2. hands DDP the *local* gradient at once (a completed future), so backward never waits and
+   ``p.grad`` holds this rank's own gradient after backward,
+3. keeps the in-flight average, keyed by parameter, until the algorithm takes it
+   (:meth:`DDPGradientHook.take_launched`). The algorithm decides when to wait: OD-SGD's warm-up
+   and synchronous SGD right after backward, OD-SGD's delayed steps one step later.
 
 Why per-parameter slots and not bucket indices: DDP rebuilds its buckets after the first
 iteration, so a reduction launched with the old layout is consumed under the new one. Slots are
-positions in the module's parameter list, which never change.
+positions in the module's parameter list, which never change; so are the error-feedback keys
+``"grad/<slot>"`` the hook passes to the ``CommHook``.
 
 This module deliberately has no ``from __future__ import annotations``: DDP checks the hook's
 ``bucket`` annotation against ``dist.GradBucket`` without evaluating string annotations.
@@ -26,72 +27,74 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from lightning_delayed.comm.buckets import PendingAverage, _Bucket, launch_flat_all_reduce, world_size_of
+from lightning_delayed.comm.buckets import Pending
+from lightning_delayed.comm.communicator import AllReduceHook, CommHook
 
 
-class DelayedAllReduceHook:
-    """State and hook for one-step-delayed gradient averaging.
+class SlottedPending:
+    """Several pending averages, each covering some slots, gathered into one result list by slot."""
 
-    Register with ``ddp.register_comm_hook(state=None, hook=instance.hook)``.
+    def __init__(self, num_slots: int) -> None:
+        self.num_slots = num_slots
+        self.parts: list[tuple[list[int], Pending]] = []
+        self._result: list[Tensor] | None = None
+
+    def add(self, slots: list[int], pending: Pending) -> None:
+        if self._result is not None:
+            raise RuntimeError("cannot add to a SlottedPending that was already waited for")
+        self.parts.append((slots, pending))
+
+    def wait(self) -> list[Tensor]:
+        if self._result is not None:
+            return self._result
+        result: list[Tensor | None] = [None] * self.num_slots
+        # Wait in launch order: the collectives complete in that order anyway.
+        for slots, pending in self.parts:
+            for slot, tensor in zip(slots, pending.wait(), strict=True):
+                result[slot] = tensor
+        missing = [i for i, t in enumerate(result) if t is None]
+        if missing:
+            raise RuntimeError(f"no gradient average was launched for parameters {missing}: a bucket was never reduced")
+        self._result = [t for t in result if t is not None]
+        return self._result
+
+
+class DDPGradientHook:
+    """DDP communication hook that launches gradient averages through a :class:`CommHook`.
+
+    Register with ``ddp.register_comm_hook(state=None, hook=instance.hook)`` (the strategies do it
+    on every device). After backward, :meth:`take_launched` returns the mean gradient of every
+    parameter, in flight.
 
     Args:
-        params: the module's parameters in a fixed order (the slots of the result list).
-        group: process group to average over (default: the world).
-        check_finite: raise when the averaged gradient has NaN or Inf.
+        params: the module's trainable parameters in a fixed order (the slots of the result list).
+        comm: the communication (default: :class:`AllReduceHook`).
 
     Attributes:
-        delayed: ``True`` launches and returns the local gradient; ``False`` averages synchronously.
         calls: number of buckets the hook has handled (tests use it to prove the hook is attached).
     """
 
-    def __init__(
-        self, params: Sequence[Tensor], group: dist.ProcessGroup | None = None, check_finite: bool = True
-    ) -> None:
+    def __init__(self, params: Sequence[Tensor], comm: CommHook | None = None) -> None:
         self._slot_of = {id(p): i for i, p in enumerate(params)}
         self._num_slots = len(params)
-        self.group = group
-        self.check_finite = check_finite
-        self.delayed = False
+        self.comm: CommHook = comm if comm is not None else AllReduceHook()
         self.calls = 0
-        self._launched: PendingAverage | None = None
-
-    def _new_pending(self) -> PendingAverage:
-        return PendingAverage(
-            num_slots=self._num_slots,
-            world_size=world_size_of(self.group),
-            check_finite=self.check_finite,
-            what="gradients",
-        )
+        self._launched: SlottedPending | None = None
 
     def hook(self, state: Any, bucket: dist.GradBucket) -> torch.futures.Future[Tensor]:  # type: ignore[name-defined]
         self.calls += 1
-        buffer = bucket.buffer()
-        if not self.delayed:
-            world = world_size_of(self.group)
-            work = launch_flat_all_reduce(buffer, self.group)
-            if work is None:
-                done: torch.futures.Future[Tensor] = torch.futures.Future()
-                done.set_result(buffer)
-                return done
-            averaged: torch.futures.Future[Tensor] = work.get_future().then(lambda fut: fut.value()[0].div_(world))
-            return averaged
-
-        params = bucket.parameters()
-        # The bucket buffer is reused by DDP on the next backward, so reduce a copy of it.
-        flat = buffer.detach().clone()
-        slots = [self._slot_of[id(p)] for p in params]
-        shapes = [p.shape for p in params]
+        slots = [self._slot_of[id(p)] for p in bucket.parameters()]
+        # The gradients are views into DDP's bucket buffer, which DDP reuses: the CommHook copies them.
+        pending = self.comm.launch(bucket.gradients(), keys=[f"grad/{s}" for s in slots], what="gradients")
         if self._launched is None:
-            self._launched = self._new_pending()
-        self._launched.add_bucket(
-            _Bucket(flat=flat, slots=slots, shapes=shapes, work=launch_flat_all_reduce(flat, self.group))
-        )
+            self._launched = SlottedPending(self._num_slots)
+        self._launched.add(slots, pending)
         local: torch.futures.Future[Tensor] = torch.futures.Future()
-        local.set_result(buffer)
+        local.set_result(bucket.buffer())
         return local
 
-    def take_launched(self) -> PendingAverage | None:
-        """Everything launched since the last call, as one pending average over all slots."""
+    def take_launched(self) -> SlottedPending | None:
+        """Everything launched since the last call, as one pending average over all parameters."""
         launched, self._launched = self._launched, None
         return launched
 

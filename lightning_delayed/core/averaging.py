@@ -5,8 +5,11 @@ What is averaged (the "model state" ``x``): the module's trainable parameters pl
 buffers (``num_batches_tracked``) are never averaged.
 
 Every average is of a *copy*: :meth:`AveragingAlgorithm.launch` hands the tensors to a
-:class:`ParameterCommunicator` that copies them into its own flat buckets and starts an
-asynchronous all-reduce; the live weights keep training while it is in flight. The merge rules
+:class:`~lightning_delayed.comm.communicator.CommHook` (default: bucketed asynchronous all-reduce)
+that copies them and starts the average; the live weights keep training while it is in flight.
+The rule's averages form one recurring stream with keys ``"model/<i>"`` (so a compressing hook
+can keep error feedback per tensor); the one-off averages of ``finish()`` and ``consensus()``
+are launched with ``keys=None``. The merge rules
 are small pure functions (:func:`merge_delayed_`, :func:`pull_back_`), shared by the algorithms
 and by the single-process tests.
 
@@ -29,11 +32,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.optim import Optimizer
 
-from lightning_delayed.comm.buckets import DEFAULT_BUCKET_CAP_MB, Pending, launch_average
+from lightning_delayed.comm.buckets import Pending
+from lightning_delayed.comm.communicator import AllReduceHook
 from lightning_delayed.core.base import DelayedAlgorithm, clone_all, copy_all_
 
 WEIGHTINGS = ("uniform", "samples")
@@ -60,33 +63,19 @@ def model_state(module: nn.Module, params: Sequence[Tensor], average_buffers: bo
 
 
 class ParameterCommunicator(Protocol):
-    """Starts an average of (copies of) tensors; a test passes a fake one."""
+    """What the averaging rules need: :meth:`CommHook.launch <lightning_delayed.comm.communicator.CommHook.launch>`.
 
-    def launch(self, tensors: Sequence[Tensor], weight: float | None = None) -> Pending: ...
+    Every :class:`~lightning_delayed.comm.communicator.CommHook` is one; a test may pass a fake.
+    """
 
-
-class BucketedCommunicator:
-    """:func:`~lightning_delayed.comm.buckets.launch_average` over a process group."""
-
-    def __init__(
+    def launch(
         self,
-        group: dist.ProcessGroup | None = None,
-        bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB,
-        check_finite: bool = True,
-    ) -> None:
-        self.group = group
-        self.bucket_cap_mb = bucket_cap_mb
-        self.check_finite = check_finite
-
-    def launch(self, tensors: Sequence[Tensor], weight: float | None = None) -> Pending:
-        return launch_average(
-            tensors,
-            group=self.group,
-            bucket_cap_mb=self.bucket_cap_mb,
-            weight=weight,
-            check_finite=self.check_finite,
-            what="parameters",
-        )
+        tensors: Sequence[Tensor],
+        *,
+        weight: float | None = None,
+        keys: Sequence[str] | None = None,
+        what: str = "tensors",
+    ) -> Pending: ...
 
 
 def merge_delayed_(x: Sequence[Tensor], average: Sequence[Tensor], snapshot: Sequence[Tensor]) -> None:
@@ -109,7 +98,10 @@ class AveragingAlgorithm(DelayedAlgorithm):
     Args:
         tensors: ``x``, see :func:`model_state` (parameters first, then float buffers).
         optimizer: the user's optimizer; only its rank-local state is checkpointed here.
-        comm: the communicator (default: bucketed all-reduce over the world).
+        comm: the communication (default: :class:`~lightning_delayed.comm.communicator.AllReduceHook`).
+
+    Attributes:
+        keys: ``"model/<i>"``, the stable name of each tensor of ``x`` in the rule's averages.
     """
 
     def __init__(
@@ -118,18 +110,22 @@ class AveragingAlgorithm(DelayedAlgorithm):
         super().__init__()
         self.tensors = list(tensors)
         self.optimizer = optimizer
-        self.comm: ParameterCommunicator = comm if comm is not None else BucketedCommunicator()
+        self.comm: ParameterCommunicator = comm if comm is not None else AllReduceHook()
+        self.keys = [f"model/{i}" for i in range(len(self.tensors))]
 
     # -------------------------------------------------------------- helpers for the rules
 
     def launch(self, send: Sequence[Tensor], weight: float | None = None) -> Pending:
-        """Start ``mean(send)``; the communicator copies ``send``, so it may change right after."""
-        return self.comm.launch(send, weight)
+        """Start the rule's ``mean(send)`` (``send`` is shaped like ``x``); the hook copies ``send``."""
+        return self.comm.launch(send, weight=weight, keys=self.keys, what="parameters")
 
     def average_now_(self) -> None:
-        """``x <- mean(x)``, blocking."""
-        averaged = self.comm.launch(self.tensors).wait()
-        copy_all_(self.tensors, averaged)
+        """The rule's ``x <- mean(x)``, blocking."""
+        copy_all_(self.tensors, self.launch(self.tensors).wait())
+
+    def consensus_average(self) -> list[Tensor]:
+        """A one-off, blocking ``mean(x)`` (``keys=None``: no per-stream state such as error feedback)."""
+        return self.comm.launch(self.tensors, keys=None, what="parameters").wait()
 
     def is_sync_step(self, sync_every: int) -> bool:
         return (self.step + 1) % sync_every == 0
@@ -141,13 +137,12 @@ class AveragingAlgorithm(DelayedAlgorithm):
 
     def finish(self) -> None:
         self.finish_pending()
-        self.average_now_()
+        copy_all_(self.tensors, self.consensus_average())
 
     @contextlib.contextmanager
     def consensus(self) -> Iterator[None]:
         own = clone_all(self.tensors)
-        averaged = self.comm.launch(self.tensors).wait()
-        copy_all_(self.tensors, averaged)
+        copy_all_(self.tensors, self.consensus_average())
         try:
             yield
         finally:

@@ -27,28 +27,21 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_delayed.comm.buckets import Completed, Pending
-from lightning_delayed.core.base import DelayedAlgorithm, clone_all, copy_all_, param_lrs
-
-
-class GradientCommunicator(Protocol):
-    """What OD-SGD needs from the gradient communication (the DDP hook, or a test's fake).
-
-    ``delayed`` is set by the algorithm before each backward: ``False`` means the gradients must
-    arrive already averaged (synchronous warm-up), ``True`` means launch the mean and leave the
-    local gradient in ``p.grad``. ``take_launched()`` returns what was launched during this step's
-    backward.
-    """
-
-    delayed: bool
-
-    def take_launched(self) -> Pending | None: ...
+from lightning_delayed.core.base import (
+    DelayedAlgorithm,
+    GradientCommunicator,
+    clone_all,
+    copy_all_,
+    param_lrs,
+    set_grads_,
+)
 
 
 @dataclass(frozen=True)
@@ -118,25 +111,22 @@ class ODSGD(DelayedAlgorithm):
         self._local_grads: list[Tensor | None] = []
         self._local_data: list[Tensor] = []
         self._updated = False
-        self._sync_comm_mode()
 
     @property
     def delayed(self) -> bool:
         return self.step >= self.config.warmup_steps
 
-    def _sync_comm_mode(self) -> None:
-        # Set before the next backward: the hook decides per bucket while backward runs.
-        self.grad_comm.delayed = self.delayed
-
     def before_optimizer_step(self) -> None:
-        if not self.delayed:
-            return  # warm-up: p.grad already holds mean(g) and the module holds W
         launched = self.grad_comm.take_launched()
         if launched is None:
             raise RuntimeError(
                 "OD-SGD found no gradient all-reduce launched during this step's backward: the DDP "
                 "communication hook is not attached or backward did not run"
             )
+        if not self.delayed:
+            # Warm-up: plain synchronous SGD; the module holds W and steps with this step's mean.
+            set_grads_(self.params, launched.wait())
+            return
         if self.global_params is None:  # first delayed step: W = x
             self.global_params = clone_all(self.params)
         previous, self.pending = self.pending, launched
@@ -179,7 +169,6 @@ class ODSGD(DelayedAlgorithm):
                     p.grad = grad  # leave the own gradient visible, as plain training would
             self._local_grads = []
         self.step += 1
-        self._sync_comm_mode()
 
     def _local_lrs(self) -> list[float]:
         if self.config.local_lr is not None:
@@ -246,4 +235,3 @@ class ODSGD(DelayedAlgorithm):
         local = to_params(local_state.get("local_params"))
         if local is not None:
             copy_all_(self.params, local)
-        self._sync_comm_mode()

@@ -9,7 +9,11 @@ Shared by all four (:class:`AveragingStrategy`):
   returns each rank's own gradient without a collective, so DDP's reduction costs nothing;
 * DDP's ``broadcast_buffers`` defaults to ``False``, so buffers evolve locally between averages;
 * ``x`` is the trainable parameters plus, with ``average_buffers=True``, the float buffers;
-* the final synchronous average (end of ``fit``) and the validation consensus are uniform means.
+* the final synchronous average (end of ``fit``) and the validation consensus are uniform means;
+* the averages go through the strategy's :attr:`~lightning_delayed.strategies.base.DelayedStrategy.communicator`
+  (``comm_hook``, ``compression``). With compression the rule's averages (keys ``"model/<i>"``)
+  are sent in fp16/bf16 with error feedback; the final average and the validation consensus are
+  one-off averages and stay at full precision, so the final model is an exact mean.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_delayed.comm.communicator import CommHook
 from lightning_delayed.comm.hooks import LocalGradientHook
-from lightning_delayed.core.averaging import BucketedCommunicator, model_state
+from lightning_delayed.core.averaging import model_state
 from lightning_delayed.core.base import DelayedAlgorithm
 from lightning_delayed.core.dasgd import DaSGD, DaSGDConfig, cocodsgd_config
 from lightning_delayed.core.local_sgd import LocalSGD, LocalSGDConfig
@@ -42,15 +47,16 @@ class AveragingStrategy(DelayedStrategy):
         super().__init__(**kwargs)
 
     @override
-    def build_comm_hook(self, params: Sequence[Tensor]) -> LocalGradientHook:
+    def build_ddp_hook(self, params: Sequence[Tensor]) -> LocalGradientHook:
         return LocalGradientHook()
 
     def model_tensors(self, params: Sequence[Tensor]) -> list[Tensor]:
         assert self.lightning_module is not None
         return model_state(self.lightning_module, params, self.config.average_buffers)
 
-    def communicator(self) -> BucketedCommunicator:
-        return BucketedCommunicator(bucket_cap_mb=self.bucket_cap_mb, check_finite=self.check_finite)
+    def parameter_comm(self) -> CommHook:
+        assert self.communicator is not None, "build_communicator() runs at the start of fit"
+        return self.communicator
 
 
 class LocalSGDStrategy(AveragingStrategy):
@@ -71,7 +77,7 @@ class LocalSGDStrategy(AveragingStrategy):
 
     @override
     def build_algorithm(self, params: Sequence[Tensor], optimizer: Optimizer) -> DelayedAlgorithm:
-        return LocalSGD(self.config, self.model_tensors(params), optimizer, self.communicator())
+        return LocalSGD(self.config, self.model_tensors(params), optimizer, self.parameter_comm())
 
 
 class _DelayedAveragingStrategy(AveragingStrategy):
@@ -81,7 +87,7 @@ class _DelayedAveragingStrategy(AveragingStrategy):
 
     @override
     def build_algorithm(self, params: Sequence[Tensor], optimizer: Optimizer) -> DelayedAlgorithm:
-        return DaSGD(self.config, self.model_tensors(params), optimizer, self.communicator())
+        return DaSGD(self.config, self.model_tensors(params), optimizer, self.parameter_comm())
 
     @override
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -173,7 +179,7 @@ class OverlapLocalSGDStrategy(AveragingStrategy):
 
     @override
     def build_algorithm(self, params: Sequence[Tensor], optimizer: Optimizer) -> DelayedAlgorithm:
-        return OverlapLocalSGD(self.config, self.model_tensors(params), optimizer, self.communicator())
+        return OverlapLocalSGD(self.config, self.model_tensors(params), optimizer, self.parameter_comm())
 
 
 __all__ = [

@@ -4,7 +4,13 @@ It owns what is the same for all algorithms: the algorithm object's life cycle, 
 around the user's optimizer step, the end-of-training flush, validation on the consensus model,
 algorithm state in checkpoints, registering communication hooks on every device (Lightning's own
 ``DDPStrategy`` registers them only on CUDA), and refusing settings it cannot honour before the
-first step. A concrete strategy only says which algorithm object and which hook it builds.
+first step. A concrete strategy only says which algorithm object and which DDP hook it builds.
+
+Communication is chosen by two arguments every strategy accepts: ``comm_hook`` (a
+:class:`~lightning_delayed.comm.communicator.CommHook`; default: bucketed all-reduce) and
+``compression`` (``"none"``, ``"fp16"``, ``"bf16"``), which wraps that hook in a
+:class:`~lightning_delayed.comm.compression.CompressedHook`. The result is :attr:`DelayedStrategy.communicator`,
+built at the start of every ``fit`` and handed to the algorithm (and to the DDP gradient hook).
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ from torch.optim import Optimizer
 from typing_extensions import override
 
 from lightning_delayed.comm.buckets import DEFAULT_BUCKET_CAP_MB
+from lightning_delayed.comm.communicator import AllReduceHook, CommHook
+from lightning_delayed.comm.compression import CompressedHook, Compression, check_compression
+from lightning_delayed.comm.hooks import DDPGradientHook
 from lightning_delayed.core.base import DelayedAlgorithm
 
 CHECKPOINT_KEY = "lightning_delayed"
@@ -40,11 +49,20 @@ class DelayedStrategy(DDPStrategy):
     """Base class of the ``lightning_delayed`` strategies.
 
     Subclasses set :attr:`strategy_name`, implement :meth:`build_algorithm`, and may override
-    :meth:`build_comm_hook` and :meth:`validate_trainer`.
+    :meth:`build_ddp_hook` and :meth:`validate_trainer` (see ``docs/extending.md``).
 
     Args:
-        bucket_cap_mb: cap of each communication bucket in MiB (DDP's default, 25).
-        check_finite: raise a clear error when an averaged tensor contains NaN or Inf.
+        bucket_cap_mb: cap of each communication bucket in MiB (DDP's default, 25); also the cap of
+            the default :class:`~lightning_delayed.comm.communicator.AllReduceHook`.
+        check_finite: raise a clear error when an averaged tensor contains NaN or Inf (default hook).
+        compression: wire dtype of everything the algorithm communicates: ``"none"`` (default,
+            exact), ``"fp16"`` or ``"bf16"`` (half the bytes; see
+            :mod:`lightning_delayed.comm.compression`). Wraps ``comm_hook`` (or the default hook).
+        error_feedback: with compression, keep each tensor's rounding residual and add it to the
+            next one sent (per rank, stored in checkpoints). Ignored without compression.
+        comm_hook: how tensors are averaged, a :class:`~lightning_delayed.comm.communicator.CommHook`
+            (default ``None``: :class:`~lightning_delayed.comm.communicator.AllReduceHook` with
+            ``bucket_cap_mb`` and ``check_finite``). From YAML: ``class_path`` / ``init_args``.
         process_group_backend: ``"gloo"`` or ``"nccl"`` (default: NCCL on CUDA, gloo on CPU).
         timeout: timeout of collectives; a rank that dies makes the others fail after it.
         start_method: how Lightning launches the ranks (``"popen"``, ``"spawn"``, ``"fork"``...).
@@ -59,6 +77,9 @@ class DelayedStrategy(DDPStrategy):
         *,
         bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB,
         check_finite: bool = True,
+        compression: Compression = "none",
+        error_feedback: bool = True,
+        comm_hook: CommHook | None = None,
         accelerator: pl.accelerators.Accelerator | None = None,
         parallel_devices: list[torch.device] | None = None,
         cluster_environment: Any = None,
@@ -73,6 +94,19 @@ class DelayedStrategy(DDPStrategy):
             raise ValueError(f"bucket_cap_mb must be a number of MiB > 0, got {bucket_cap_mb!r}")
         if not isinstance(check_finite, bool):
             raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
+        check_compression(compression)
+        if not isinstance(error_feedback, bool):
+            raise ValueError(f"error_feedback must be True or False, got {error_feedback!r}")
+        if comm_hook is not None and not isinstance(comm_hook, CommHook):
+            raise TypeError(
+                "comm_hook must be a lightning_delayed.CommHook (or None for the default all-reduce), "
+                f"got {comm_hook!r}"
+            )
+        if isinstance(comm_hook, CompressedHook) and compression != "none":
+            raise ValueError(
+                f"compression={compression!r} and comm_hook={comm_hook!r} both compress: set compression='none' "
+                "or give an uncompressed comm_hook"
+            )
         if process_group_backend is not None and process_group_backend not in SUPPORTED_BACKENDS:
             raise ValueError(
                 f"process_group_backend={process_group_backend!r} is not supported by {type(self).__name__}: "
@@ -85,8 +119,9 @@ class DelayedStrategy(DDPStrategy):
         owned = sorted(set(kwargs) & set(_OWNED_DDP_ARGS))
         if owned:
             raise ValueError(
-                f"{type(self).__name__} does not accept {owned}: the strategy installs its own communication; "
-                "to customise it, subclass the strategy and override build_comm_hook(), or use strategy='ddp'"
+                f"{type(self).__name__} does not accept {owned}: the strategy installs its own communication. "
+                "To customise it, pass comm_hook=<a lightning_delayed.CommHook subclass> and/or "
+                "compression='fp16'/'bf16' (see docs/extending.md), or use strategy='ddp'"
             )
         kwargs.setdefault("bucket_cap_mb", bucket_cap_mb)
         super().__init__(
@@ -102,20 +137,53 @@ class DelayedStrategy(DDPStrategy):
         )
         self.bucket_cap_mb = float(bucket_cap_mb)
         self.check_finite = check_finite
+        self.compression: str = compression
+        self.error_feedback = error_feedback
+        self.comm_hook: CommHook | None = comm_hook
+        self.communicator: CommHook | None = None  # built at the start of every fit (build_communicator)
         self.algorithm: DelayedAlgorithm | None = None
-        self.comm_hook: Any = None
+        self.ddp_hook: Any = None
         self._consensus_stack: contextlib.ExitStack | None = None
         self._restored: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ subclass API
 
     def build_algorithm(self, params: Sequence[Tensor], optimizer: Optimizer) -> DelayedAlgorithm:
-        """Build the algorithm object after DDP wrapping and optimizer set-up."""
+        """Build the algorithm object (must override).
+
+        Called once per ``fit``, after DDP wrapping, :meth:`build_ddp_hook` and optimizer set-up.
+        ``params`` are the module's trainable parameters, ``optimizer`` the user's (only) one;
+        :attr:`communicator` and :attr:`ddp_hook` are ready to be handed to the algorithm.
+        """
         raise NotImplementedError(f"{type(self).__name__} must implement build_algorithm")
 
-    def build_comm_hook(self, params: Sequence[Tensor]) -> Any:
-        """Return an object with a DDP hook method ``hook(state, bucket)``, or ``None`` for DDP's own."""
+    def build_ddp_hook(self, params: Sequence[Tensor]) -> Any:
+        """Return the DDP communication hook object (with a method ``hook(state, bucket)``), or ``None``.
+
+        Called once per ``fit`` when DDP wraps the module, before :meth:`build_algorithm`; the
+        result is registered on every device type and kept in :attr:`ddp_hook`. ``None`` (the
+        default) keeps DDP's own gradient all-reduce. Gradient algorithms return
+        :meth:`gradient_hook`; algorithms that communicate no gradient return a
+        :class:`~lightning_delayed.comm.hooks.LocalGradientHook`.
+        """
         return None
+
+    def gradient_hook(self, params: Sequence[Tensor]) -> DDPGradientHook:
+        """A DDP hook that launches every gradient bucket's mean through :attr:`communicator`."""
+        assert self.communicator is not None, "build_communicator() runs before the DDP hook is built"
+        return DDPGradientHook(params, self.communicator)
+
+    def build_communicator(self) -> CommHook:
+        """The :class:`CommHook` of this fit: ``comm_hook`` (or the default), wrapped for ``compression``."""
+        hook = self.comm_hook if self.comm_hook is not None else AllReduceHook(self.bucket_cap_mb, self.check_finite)
+        if self.compression != "none":
+            hook = CompressedHook(hook, self.compression, self.error_feedback)  # type: ignore[arg-type]
+        return hook
+
+    @property
+    def custom_communication(self) -> bool:
+        """Whether the user chose a ``comm_hook`` or a ``compression`` (``ssgd`` then leaves DDP's own)."""
+        return self.comm_hook is not None or self.compression != "none"
 
     def validate_trainer(self, trainer: pl.Trainer) -> None:
         """Raise if the trainer uses a setting this algorithm cannot honour (called before step 0)."""
@@ -142,6 +210,7 @@ class DelayedStrategy(DDPStrategy):
                     "or use strategy='ddp' for manual optimization."
                 )
             self.validate_trainer(trainer)
+            self.communicator = self.build_communicator()
         super().setup(trainer)
         if trainer.state.fn != TrainerFn.FITTING:
             return
@@ -157,9 +226,9 @@ class DelayedStrategy(DDPStrategy):
         # DDPStrategy only registers hooks on CUDA; communication hooks work on gloo as well, and
         # the algorithms depend on them, so register on every device.
         assert isinstance(self.model, DistributedDataParallel)
-        self.comm_hook = self.build_comm_hook(self.trainable_params())
-        if self.comm_hook is not None:
-            self.model.register_comm_hook(state=None, hook=self.comm_hook.hook)
+        self.ddp_hook = self.build_ddp_hook(self.trainable_params())
+        if self.ddp_hook is not None:
+            self.model.register_comm_hook(state=None, hook=self.ddp_hook.hook)
 
     # ------------------------------------------------------------------ the step
 
@@ -246,17 +315,20 @@ class DelayedStrategy(DDPStrategy):
     def _algorithm_checkpoint(self) -> dict[str, Any]:
         assert self.algorithm is not None
         local = _to_cpu(self.algorithm.local_state_dict())
+        # Per-rank communication state (error-feedback residuals) travels with the algorithm's.
+        comm_local = _to_cpu(self.communicator.state_dict()) if self.communicator is not None else {}
         world = dist.get_world_size() if dist.is_initialized() else 1
         if world > 1:
             gathered: list[Any] | None = [None] * world if self.global_rank == 0 else None
-            dist.gather_object(local, gathered, dst=0)
+            dist.gather_object((local, comm_local), gathered, dst=0)
         else:
-            gathered = [local]
+            gathered = [(local, comm_local)]
         return {
             "strategy": self.strategy_name,
             "world_size": world,
             "state": _to_cpu(self.algorithm.state_dict()),
-            "local_states": gathered,
+            "local_states": None if gathered is None else [g[0] for g in gathered],
+            "comm_states": None if gathered is None else [g[1] for g in gathered],
         }
 
     @override
@@ -281,6 +353,9 @@ class DelayedStrategy(DDPStrategy):
                 "per-rank algorithm state cannot be redistributed. Resume with the same number of devices."
             )
         self.algorithm.load_state_dict(saved["state"], saved["local_states"][self.global_rank])
+        comm_states = saved.get("comm_states")
+        if comm_states is not None and self.communicator is not None:
+            self.communicator.load_state_dict(comm_states[self.global_rank])
 
     # ------------------------------------------------------------------ registry
 

@@ -13,7 +13,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_delayed.comm.hooks import DelayedAllReduceHook
+from lightning_delayed.comm.hooks import DDPGradientHook
 from lightning_delayed.core.base import DelayedAlgorithm
 from lightning_delayed.core.odsgd import ODSGD, ODSGDConfig
 from lightning_delayed.strategies.base import DelayedStrategy, refuse_grad_scaler
@@ -31,7 +31,8 @@ class ODSGDStrategy(DelayedStrategy):
         dc_lambda: :math:`\lambda \ge 0`, delay-compensation weight; 0 (default) disables it.
         warmup_steps: :math:`T_0 \ge 0` synchronous SGD steps first (default 0; the authors use ~200).
         **kwargs: :class:`~lightning_delayed.strategies.base.DelayedStrategy` arguments
-            (``bucket_cap_mb``, ``check_finite``, ``process_group_backend``, DDP arguments...).
+            (``compression``, ``comm_hook``, ``bucket_cap_mb``, ``check_finite``, ``process_group_backend``,
+            DDP arguments...).
 
     Choices ALGORITHMS.md leaves open:
         * Gradient clipping (``Trainer(gradient_clip_val=...)``) clips the gradient the optimizer
@@ -39,6 +40,8 @@ class ODSGDStrategy(DelayedStrategy):
           which was already sent when clipping could run.
         * ``precision="16-mixed"`` is refused (its loss scale changes between steps).
         * The checkpoint's ``state_dict`` is ``W``; each rank's ``w`` is in the algorithm state.
+        * With ``compression``, the gradient means (warm-up and delayed) are of the compressed
+          gradients, with error feedback per parameter; the local step uses the exact own gradient.
     """
 
     strategy_name = "odsgd"
@@ -58,11 +61,11 @@ class ODSGDStrategy(DelayedStrategy):
         refuse_grad_scaler(self, trainer)
 
     @override
-    def build_comm_hook(self, params: Sequence[Tensor]) -> DelayedAllReduceHook:
-        return DelayedAllReduceHook(params, check_finite=self.check_finite)
+    def build_ddp_hook(self, params: Sequence[Tensor]) -> DDPGradientHook:
+        return self.gradient_hook(params)
 
     @override
     def build_algorithm(self, params: Sequence[Tensor], optimizer: Optimizer) -> DelayedAlgorithm:
-        if self.comm_hook is None:
+        if self.ddp_hook is None:
             raise RuntimeError("ODSGDStrategy: the DDP communication hook was not registered before set-up")
-        return ODSGD(self.config, params, optimizer, self.comm_hook)
+        return ODSGD(self.config, params, optimizer, self.ddp_hook)

@@ -8,6 +8,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_delayed.comm.hooks import DDPGradientHook
 from lightning_delayed.core.base import DelayedAlgorithm
 from lightning_delayed.core.ssgd import SynchronousSGD
 from lightning_delayed.strategies.base import DelayedStrategy
@@ -16,12 +17,23 @@ from lightning_delayed.strategies.base import DelayedStrategy
 class SSGDStrategy(DelayedStrategy):
     """Synchronous SGD: ``x <- opt.step(x, mean(g(x)))`` every step.
 
-    Gradients are averaged by DDP's own C++ all-reduce inside backward (no Python hook), which is
-    the fastest synchronous baseline. Accepts every :class:`DelayedStrategy` argument.
+    By default gradients are averaged by DDP's own C++ all-reduce inside backward (no Python hook),
+    the fastest synchronous baseline. With ``comm_hook`` or ``compression`` set, the package's
+    :class:`~lightning_delayed.comm.hooks.DDPGradientHook` launches each bucket's mean through
+    that communicator during backward and the step waits for it right after backward; with
+    ``compression="fp16"``/``"bf16"`` this is compressed SGD *with* error feedback (per parameter,
+    in checkpoints), unlike torch's ``fp16_compress_hook``/``bf16_compress_hook``, which have none.
+    Accepts every :class:`DelayedStrategy` argument.
     """
 
     strategy_name = "ssgd"
 
     @override
+    def build_ddp_hook(self, params: Sequence[Tensor]) -> DDPGradientHook | None:
+        return self.gradient_hook(params) if self.custom_communication else None
+
+    @override
     def build_algorithm(self, params: Sequence[Tensor], optimizer: Optimizer) -> DelayedAlgorithm:
-        return SynchronousSGD()
+        if self.ddp_hook is None:
+            return SynchronousSGD()
+        return SynchronousSGD(params, self.ddp_hook)

@@ -22,8 +22,17 @@ class WeightedFakeComm:
     def __init__(self, group: FakeGroup, rank: int) -> None:
         self.group, self.rank = group, rank
         self.weighted: list[float] = []
+        self.keys: list[list[str] | None] = []  # the keys of every launch, in order
 
-    def launch(self, tensors: Sequence[Tensor], weight: float | None = None) -> _Waiting:
+    def launch(
+        self,
+        tensors: Sequence[Tensor],
+        *,
+        weight: float | None = None,
+        keys: Sequence[str] | None = None,
+        what: str = "tensors",
+    ) -> _Waiting:
+        self.keys.append(None if keys is None else list(keys))
         if weight is None:
             return _Waiting(self.group.launch(self.rank, list(tensors)), weighted=False)
         self.weighted.append(weight)
@@ -140,10 +149,8 @@ def _step(xs: list[list[Tensor]], opts: list[torch.optim.Optimizer], k: int) -> 
 def test_dasgd_merges_delayed_average_by_hand() -> None:
     group = FakeGroup(2)
     xs, opts = _replicas(2)
-    algos = [
-        DaSGD(DaSGDConfig(sync_every=2, delay=1), x, o, WeightedFakeComm(group, r))
-        for r, (x, o) in enumerate(zip(xs, opts, strict=True))
-    ]
+    comms = [WeightedFakeComm(group, r) for r in range(2)]
+    algos = [DaSGD(DaSGDConfig(sync_every=2, delay=1), x, o, c) for x, o, c in zip(xs, opts, comms, strict=True)]
     values = []
     for k in range(3):
         _step(xs, opts, k)
@@ -155,6 +162,18 @@ def test_dasgd_merges_delayed_average_by_hand() -> None:
     assert group.launches == 2
     _in_threads([a.finish for a in algos])  # nothing pending; final synchronous average
     assert [float(x[0][0].detach()) for x in xs] == [9.0, 9.0]
+    # The rule's average is a keyed stream (error feedback may key on it); the final one is one-off.
+    n = len(xs[0])
+    assert comms[0].keys == [[f"model/{i}" for i in range(n)], None]
+
+    def validate(a: DaSGD) -> None:
+        with a.consensus():
+            pass
+
+    _in_threads([lambda a=a: validate(a) for a in algos])
+    assert len(comms[0].keys) == 3 and comms[0].keys[-1] is None, (
+        "the validation consensus must not touch per-stream state"
+    )
 
 
 def test_cocodsgd_samples_weighting_by_hand() -> None:

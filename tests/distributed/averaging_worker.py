@@ -81,7 +81,7 @@ def fit(case: dict[str, Any], **trainer_kwargs: Any) -> dict[str, Any]:
         "local": recorder.local,
         "all_reduces": recorder.all_reduces,
         "final": full_state(module),
-        "hook_calls": strategy.comm_hook.calls,
+        "hook_calls": strategy.ddp_hook.calls,
         "broadcast_buffers": strategy._ddp_kwargs.get("broadcast_buffers"),
         "val_params": module.val_params,
         "steps": strategy.algorithm.step,

@@ -25,7 +25,7 @@ def fit_odsgd(case: dict[str, Any], **trainer_kwargs: Any) -> dict[str, Any]:
         "local": recorder.local,
         "global": recorder.consensus,
         "final": params_of(module),
-        "hook_calls": strategy.comm_hook.calls,
+        "hook_calls": strategy.ddp_hook.calls,
         "val_params": module.val_params,
         "steps": strategy.algorithm.step,
     }

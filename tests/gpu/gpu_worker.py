@@ -26,7 +26,7 @@ def odsgd_on_nccl() -> dict[str, Any]:
         "backend": backend,
         "ours": params_of(module.cpu()),
         "reference": ref["final"],
-        "calls": strategy.comm_hook.calls,
+        "calls": strategy.ddp_hook.calls,
     }
 
 

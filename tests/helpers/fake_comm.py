@@ -51,12 +51,10 @@ class FakeGradComm:
 
     def __init__(self, group: FakeGroup, rank: int) -> None:
         self.group, self.rank = group, rank
-        self.delayed = False
         self._launched: FakePending | None = None
 
     def backward_done(self, grads: list[torch.Tensor]) -> None:
-        """Call after backward when ``delayed``: launches the mean like the hook does."""
-        assert self.delayed
+        """Call after backward: launches the mean like the DDP hook does (p.grad keeps the own gradient)."""
         self._launched = self.group.launch(self.rank, grads)
 
     def take_launched(self) -> FakePending | None:

@@ -219,3 +219,57 @@ def reference_averaging(
             assign(x, [(1 - alpha) * xi.detach() + alpha * zi for xi, zi in zip(x, pending, strict=True)])
     assign(x, mean([t.detach().clone() for t in x]))
     return {"local": hist, "final": full_state(module)}
+
+
+WIRE_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def compressed_mean(tensors: list[torch.Tensor], residuals: list[torch.Tensor], compression: str) -> list[torch.Tensor]:
+    """Each rank sends ``cast(t + e)`` and keeps ``e <- t + e - cast(t + e)`` (``residuals`` updated in
+    place); the result is the mean of all ranks' wire tensors computed in the wire dtype."""
+    out = []
+    for i, t in enumerate(tensors):
+        corrected = t + residuals[i]
+        wire = corrected.to(WIRE_DTYPES[compression])
+        residuals[i] = corrected - wire.to(t.dtype)
+        wires = [torch.empty_like(wire) for _ in range(dist.get_world_size())]
+        dist.all_gather(wires, wire)
+        total = wires[0]
+        for w in wires[1:]:
+            total = total + w
+        out.append((total / len(wires)).to(t.dtype))
+    return out
+
+
+def reference_pipesgd(
+    opt: dict[str, Any],
+    epochs: int,
+    accumulate: int = 1,
+    n_batches: int = 4,
+    compression: str = "none",
+) -> dict[str, Any]:
+    """Pipe-SGD (examples/custom_algorithm.py): ``x <- opt.step(x, mean(g_{k-1}))``; no update at step 0;
+    the last mean is applied at the end."""
+    module = RegressionModule(n_batches=n_batches, opt=opt)
+    params = list(module.parameters())
+    optimizer = build_optimizer(params, opt)
+    scheduler = build_scheduler(optimizer, opt)
+    residuals = [torch.zeros_like(p) for p in params]
+    pending = None
+    hist = []
+    for micro in batches(module, epochs, accumulate):
+        g = backward(module, micro)
+        launched = mean(g) if compression == "none" else compressed_mean(g, residuals, compression)
+        if pending is not None:
+            for p, gb in zip(params, pending, strict=True):
+                p.grad = gb.clone()
+            optimizer.step()
+        pending = launched
+        if scheduler is not None:
+            scheduler.step()
+        hist.append([p.detach().clone() for p in params])
+    if pending is not None:
+        for p, gb in zip(params, pending, strict=True):
+            p.grad = gb.clone()
+        optimizer.step()
+    return {"local": hist, "final": [p.detach().clone() for p in params]}

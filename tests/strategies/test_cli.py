@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -13,7 +15,8 @@ import yaml
 from lightning.pytorch.cli import LightningCLI
 
 from examples.digits import DigitsCNN, DigitsDataModule
-from lightning_delayed import ODSGDStrategy, SSGDStrategy
+from lightning_delayed import AllReduceHook, CommHook, CompressedHook, ODSGDStrategy, SSGDStrategy
+from tests.helpers.launch import run_ranks
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = REPO / "examples" / "cli.py"
@@ -150,11 +153,24 @@ def test_digits_cnn_forward_and_one_sgd_step_lowers_loss() -> None:
     assert loss_after < loss_before
 
 
+def assert_built_as_configured(obj: object, raw: dict[str, Any], where: str) -> None:
+    """``obj`` is an instance of ``raw["class_path"]`` holding every ``init_args`` value (recursively)."""
+    module, _, name = raw["class_path"].rpartition(".")
+    assert type(obj) is getattr(importlib.import_module(module), name), where
+    for name, value in (raw.get("init_args") or {}).items():
+        held = getattr(getattr(obj, "config", None), name, getattr(obj, name, None))
+        if isinstance(value, dict) and "class_path" in value:
+            assert_built_as_configured(held, value, f"{where}.{name}")
+        else:
+            assert held == value, f"{where}: {name} is {held!r}, the YAML says {value!r}"
+
+
 @pytest.mark.parametrize("config", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_every_example_config_builds_its_strategy_with_its_arguments(
     config: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sys, "argv", ["cli.py"])
+    monkeypatch.syspath_prepend(str(REPO / "examples"))  # as examples/cli.py sees it: `custom_hook` imports
     raw = yaml.safe_load((CONFIGS / config).read_text())["trainer"]["strategy"]
     cli = LightningCLI(
         DigitsCNN,
@@ -168,6 +184,37 @@ def test_every_example_config_builds_its_strategy_with_its_arguments(
         assert type(strategy).strategy_name == raw
         return
     assert f"lightning_delayed.{type(strategy).__name__}" == raw["class_path"]
-    for name, value in (raw.get("init_args") or {}).items():
-        held = getattr(strategy.config, name, getattr(strategy, name, None))
-        assert held == value, f"{config}: {name} is {held!r}, the YAML says {value!r}"
+    assert_built_as_configured(strategy, raw, config)
+
+
+def test_yaml_compression_and_custom_hook_reach_the_strategy(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sys, "argv", ["cli.py"])
+    monkeypatch.syspath_prepend(str(REPO / "examples"))
+    built = {}
+    for config in ("dasgd_bf16.yaml", "odsgd_custom_hook.yaml"):
+        cli = LightningCLI(
+            DigitsCNN,
+            DigitsDataModule,
+            run=False,
+            save_config_callback=None,
+            args=["--config", str(CONFIGS / config), "--trainer.devices=1"],
+        )
+        built[config] = cli.trainer.strategy
+    assert built["dasgd_bf16.yaml"].compression == "bf16" and built["dasgd_bf16.yaml"].comm_hook is None
+    hooked = built["odsgd_custom_hook.yaml"]
+    assert isinstance(hooked.comm_hook, CommHook) and type(hooked.comm_hook).__name__ == "CountingHook"
+    assert isinstance(hooked.comm_hook.inner, AllReduceHook) and hooked.comm_hook.inner.bucket_cap_mb == 4.0
+    communicator = hooked.build_communicator()
+    assert isinstance(communicator, CompressedHook) and communicator.inner is hooked.comm_hook
+
+
+def test_custom_hook_from_yaml_trains_on_two_ranks() -> None:
+    config = str(CONFIGS / "odsgd_custom_hook.yaml")
+    results = run_ranks("tests.strategies.strategy_worker:cli_custom_hook", config=config, max_steps=3)
+    for res in results:
+        assert res["strategy"] == "ODSGDStrategy" and res["hook"] == "custom_hook.CountingHook"
+        assert res["communicator"] == "CompressedHook" and res["inner_bucket_cap_mb"] == 4.0
+        assert res["steps"] == 3
+        # the hook saw every gradient bucket the DDP hook launched, as fp16 wire tensors only
+        assert res["launches"] == {"gradients": res["ddp_hook_calls"]} and res["ddp_hook_calls"] >= 3
+        assert res["bytes_sent"] == {"torch.float16": 3 * 2 * res["num_params"]}

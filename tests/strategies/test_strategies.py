@@ -11,7 +11,14 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import StrategyRegistry
 
 import lightning_delayed
-from lightning_delayed import ODSGDStrategy, SSGDStrategy
+from lightning_delayed import (
+    AllReduceHook,
+    CompressedHook,
+    DaSGDStrategy,
+    LocalSGDStrategy,
+    ODSGDStrategy,
+    SSGDStrategy,
+)
 from tests.helpers.launch import run_ranks, run_ranks_expecting_failure
 from tests.helpers.models import RegressionModule, trainer
 
@@ -52,7 +59,15 @@ def test_odsgd_arguments_reach_the_config() -> None:
             ValueError,
             r"process_group_backend='mpi'.*gloo",
         ),
-        (lambda: ODSGDStrategy(ddp_comm_hook=print), ValueError, r"does not accept \['ddp_comm_hook'\]"),
+        (lambda: ODSGDStrategy(ddp_comm_hook=print), ValueError, r"does not accept \['ddp_comm_hook'\].*comm_hook="),
+        (lambda: SSGDStrategy(compression="fp8"), ValueError, r"compression must be one of .*'bf16'\), got 'fp8'"),
+        (lambda: LocalSGDStrategy(error_feedback="no"), ValueError, r"error_feedback must be True or False, got 'no'"),
+        (lambda: ODSGDStrategy(comm_hook=print), TypeError, r"comm_hook must be a lightning_delayed\.CommHook"),
+        (
+            lambda: DaSGDStrategy(compression="bf16", comm_hook=CompressedHook()),
+            ValueError,
+            r"compression='bf16' and comm_hook=.* both compress",
+        ),
         (lambda: SSGDStrategy(model_averaging_period=4), ValueError, r"model_averaging_period"),
     ],
 )
@@ -120,20 +135,34 @@ def test_unsupported_settings_fail_before_the_first_step(module: type, kwargs: d
     assert steps.batches == 0
 
 
+def test_compression_and_comm_hook_compose_into_the_communicator() -> None:
+    default = ODSGDStrategy(bucket_cap_mb=4, check_finite=False).build_communicator()
+    assert isinstance(default, AllReduceHook) and (default.bucket_cap_mb, default.check_finite) == (4.0, False)
+    mine = AllReduceHook(bucket_cap_mb=2)
+    wrapped = DaSGDStrategy(compression="bf16", error_feedback=False, comm_hook=mine).build_communicator()
+    assert isinstance(wrapped, CompressedHook) and wrapped.inner is mine
+    assert (wrapped.compression, wrapped.error_feedback) == ("bf16", False)
+    assert SSGDStrategy(comm_hook=mine).custom_communication and not SSGDStrategy().custom_communication
+
+
 def test_hook_is_attached_and_called_on_cpu() -> None:
     strategy = ODSGDStrategy()
     trainer(strategy, devices=1, max_steps=3).fit(RegressionModule())
-    assert strategy.comm_hook is not None and strategy.comm_hook.calls >= 3
+    assert strategy.ddp_hook is not None and strategy.ddp_hook.calls >= 3
     assert strategy.algorithm is not None and strategy.algorithm.step == 3
 
 
-def test_ssgd_matches_plain_synchronous_sgd() -> None:
+@pytest.mark.parametrize("compression", ["none", "fp16"])
+def test_ssgd_matches_plain_synchronous_sgd(compression: str) -> None:
     results = run_ranks(
         "tests.strategies.strategy_worker:ssgd_exactness",
         opt={"kind": "sgd", "lr": 0.05, "momentum": 0.9},
         epochs=2,
+        compression=compression,
     )
     for res in results:
+        # DDP's own C++ reduction without compression; the package's hook (with error feedback) with it
+        assert (res["hook_calls"] is None) == (compression == "none")
         assert len(res["ours"]) == len(res["reference"]) == 8
         for a, b in zip(res["ours"], res["reference"], strict=True):
             for x, y in zip(a, b, strict=True):
