@@ -6,17 +6,23 @@ Lightning has no entry point for third-party strategies, so ``import lightning_d
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from lightning.pytorch.strategies import StrategyRegistry
 
 from lightning_delayed.strategies import (
+    ASGDStrategy,
     CoCoDSGDStrategy,
     DaSGDStrategy,
     LocalSGDStrategy,
     ODSGDStrategy,
     OverlapLocalSGDStrategy,
+    SASGDStrategy,
     SSGDStrategy,
 )
 from lightning_delayed.strategies.base import DelayedStrategy
+
+_S = TypeVar("_S", bound=type[DelayedStrategy])
 
 STRATEGIES: tuple[type[DelayedStrategy], ...] = (
     SSGDStrategy,
@@ -25,8 +31,27 @@ STRATEGIES: tuple[type[DelayedStrategy], ...] = (
     DaSGDStrategy,
     CoCoDSGDStrategy,
     OverlapLocalSGDStrategy,
+    SASGDStrategy,
+    ASGDStrategy,
 )
 """Every algorithm, baselines first; the demo and the benchmarks iterate over this tuple."""
+
+
+def register_strategy(cls: _S) -> _S:
+    """Register a strategy of your own under ``cls.strategy_name`` (and its ``_spawn``/``_notebook`` aliases).
+
+    Usable as a class decorator; afterwards ``Trainer(strategy=cls.strategy_name)`` works in every
+    process that has imported the module defining ``cls`` (Lightning has no entry point for
+    strategies). Re-registering a name replaces the previous entry.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, DelayedStrategy)):
+        raise TypeError(f"register_strategy needs a lightning_delayed.DelayedStrategy subclass, got {cls!r}")
+    if not cls.strategy_name or not isinstance(cls.strategy_name, str):
+        raise ValueError(
+            f"{cls.__name__}.strategy_name must be a non-empty string (the registry name), got {cls.strategy_name!r}"
+        )
+    cls.register_strategies(StrategyRegistry)
+    return cls
 
 
 def register_all() -> None:

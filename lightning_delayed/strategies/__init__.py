@@ -8,14 +8,17 @@ from lightning_delayed.strategies.averaging import (
 )
 from lightning_delayed.strategies.base import DelayedStrategy
 from lightning_delayed.strategies.odsgd import ODSGDStrategy
+from lightning_delayed.strategies.sasgd import ASGDStrategy, SASGDStrategy
 from lightning_delayed.strategies.ssgd import SSGDStrategy
 
 __all__ = [
+    "ASGDStrategy",
     "CoCoDSGDStrategy",
     "DaSGDStrategy",
     "DelayedStrategy",
     "LocalSGDStrategy",
     "ODSGDStrategy",
     "OverlapLocalSGDStrategy",
+    "SASGDStrategy",
     "SSGDStrategy",
 ]

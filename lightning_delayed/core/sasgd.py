@@ -1,0 +1,477 @@
+r"""``sasgd``: the parameter server rule of staleness-aware asynchronous SGD.
+
+Zhang, Gupta, Lian, Liu. *Staleness-aware Async-SGD for Distributed Deep Learning*. IJCAI 2016,
+arXiv:1511.05950. With ``staleness_aware=False`` it is plain asynchronous SGD (the paper's
+baseline, registered as ``asgd``).
+
+The server holds :math:`\theta`, its version :math:`i` (updates applied so far), the user's
+optimizer on :math:`\theta` and an accumulator. Workers never wait for each other::
+
+    worker, forever:   (theta, j) <- pull();  g <- grad at theta;  push(g, j)
+    server on push(g, j):
+        sigma <- i - j                                   # staleness in server versions
+        acc += g / max(sigma, 1)   if staleness_aware else g
+        after c = max(1, N // n) pushes:  theta <- opt.step(theta, acc / c);  i += 1;  acc <- 0
+
+This module is the rule only, transport-free and thread-safe: :mod:`lightning_delayed.comm.parameter_server`
+carries pushes and pulls over ``torch.distributed.rpc``; a test calls :meth:`ParameterServer.push`
+directly with scripted versions.
+
+Choices ALGORITHMS.md leaves open (also in ``docs/algorithms/sasgd.md``):
+    * LR schedules run on the server. ``interval="step"`` schedulers step after every
+      ``frequency`` server updates; ``interval="epoch"`` schedulers step after every ``frequency``
+      *data passes*, one data pass being N worker-epochs reported to the server (with equal shards,
+      one pass over the whole dataset).
+    * A worker counts as lost when the server has not heard from it (push or heartbeat) for
+      ``worker_timeout`` seconds before it said it was done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+from torch.optim import Optimizer
+
+from lightning_delayed.comm.buckets import NonFiniteReductionError
+from lightning_delayed.comm.compression import Compressor
+from lightning_delayed.comm.parameter_server import WorkerLostError
+from lightning_delayed.comm.stats import record_staleness
+from lightning_delayed.core.base import DelayedAlgorithm, clone_all, copy_all_
+
+
+@dataclass(frozen=True)
+class SASGDConfig:
+    """Arguments of the rule.
+
+    Args:
+        softsync: ``n`` of n-softsync, ``1 <= n <= N``; ``None`` means ``N`` (fully asynchronous).
+        staleness_aware: divide each gradient by ``max(sigma, 1)``; ``False`` is plain ASGD.
+        worker_timeout: seconds without a push or heartbeat after which a worker counts as lost.
+    """
+
+    softsync: int | None = None
+    staleness_aware: bool = True
+    worker_timeout: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.softsync is not None and (
+            isinstance(self.softsync, bool) or not isinstance(self.softsync, int) or self.softsync < 1
+        ):
+            raise ValueError(f"softsync must be an integer n with 1 <= n <= N (or None for N), got {self.softsync!r}")
+        if not isinstance(self.staleness_aware, bool):
+            raise TypeError(f"staleness_aware must be True or False, got {self.staleness_aware!r}")
+        if isinstance(self.worker_timeout, bool) or not isinstance(self.worker_timeout, (int, float)):
+            raise TypeError(f"worker_timeout must be a number of seconds, got {self.worker_timeout!r}")
+        if self.worker_timeout <= 0:
+            raise ValueError(f"worker_timeout must be > 0 seconds, got {self.worker_timeout!r}")
+
+    def gradients_per_update(self, world_size: int) -> int:
+        """``c = max(1, N // n)``; raises if ``softsync`` exceeds the number of workers."""
+        n = world_size if self.softsync is None else self.softsync
+        if n > world_size:
+            raise ValueError(
+                f"softsync={n} exceeds the number of workers N={world_size}: n-softsync needs 1 <= n <= N "
+                f"(n=N updates on every gradient; n=1 once per N gradients)"
+            )
+        return max(1, world_size // n)
+
+
+@dataclass(frozen=True)
+class PushRecord:
+    """What the server did with one gradient."""
+
+    rank: int
+    staleness: int
+    scale: float
+    version: int  # server version after this push
+    applied: bool  # this push completed a group of c gradients and triggered an update
+
+
+@dataclass
+class ServerScheduler:
+    """An LR scheduler of the user's, re-bound to the server's optimizer."""
+
+    scheduler: Any
+    interval: str = "epoch"
+    """``"step"``: after every ``frequency`` server updates; ``"epoch"``: after ``frequency`` data passes."""
+    frequency: int = 1
+
+    def __post_init__(self) -> None:
+        if self.interval not in ("step", "epoch"):
+            raise ValueError(f"a scheduler's interval must be 'step' or 'epoch', got {self.interval!r}")
+
+
+class ParameterServer:
+    r"""The server side of SASGD, one object on the server's rank, called from RPC threads.
+
+    Args:
+        config: the rule's arguments.
+        theta: the server's own parameter tensors (never a worker's live parameters).
+        optimizer: the user's optimizer rebuilt over ``theta`` (see :func:`server_optimizer`).
+        world_size: N, the number of workers.
+        schedulers: the user's LR schedulers rebound to ``optimizer``.
+        check_finite: refuse a gradient with NaN or Inf (:class:`NonFiniteReductionError` naming the rank).
+        clock: time source for liveness (tests pass a fake one).
+    """
+
+    HISTORY = 100_000
+    """How many :class:`PushRecord` the server keeps (counters are kept for every push)."""
+
+    def __init__(
+        self,
+        config: SASGDConfig,
+        theta: Sequence[Tensor],
+        optimizer: Optimizer,
+        world_size: int,
+        schedulers: Sequence[ServerScheduler] = (),
+        check_finite: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.check_finite = check_finite
+        self.world_size = world_size
+        self.c = config.gradients_per_update(world_size)
+        self.theta = list(theta)
+        self.optimizer = optimizer
+        self.schedulers = list(schedulers)
+        self.clock = clock
+        self.version = 0
+        self._acc: list[Tensor] = [torch.zeros_like(t) for t in self.theta]
+        self._acc_count = 0
+        self.staleness_counts: Counter[int] = Counter()
+        self.pushes_by_rank = [0] * world_size
+        self.history: deque[PushRecord] = deque(maxlen=self.HISTORY)
+        self.worker_epochs = 0
+        self._cond = threading.Condition(threading.RLock())
+        now = clock()
+        self._last_seen = [now] * world_size
+        self._done = [False] * world_size
+        self._lost: list[int] = []
+
+    # ------------------------------------------------------------------ the rule
+
+    def push(self, rank: int, grads: Sequence[Tensor], version: int) -> PushRecord:
+        """Accumulate gradient ``grads`` computed at server version ``version`` by worker ``rank``."""
+        with self._cond:
+            self._touch(rank)
+            self._raise_if_lost(rank)
+            sigma = self.version - version
+            if sigma < 0 or version < 0:
+                raise ValueError(
+                    f"rank {rank} pushed a gradient of version {version}, but the server is at {self.version}"
+                )
+            if len(grads) != len(self.theta):
+                raise ValueError(f"rank {rank} pushed {len(grads)} gradients for {len(self.theta)} parameters")
+            incoming = [g.to(a.device, a.dtype) for g, a in zip(grads, self._acc, strict=True)]
+            if self.check_finite and not all(bool(torch.isfinite(g).all()) for g in incoming):
+                raise NonFiniteReductionError(
+                    f"rank {rank} pushed a gradient with NaN or Inf to the sasgd parameter server: lower the "
+                    "learning rate, enable gradient clipping (Trainer(gradient_clip_val=...)), or find why that "
+                    "rank diverged; pass check_finite=False to the strategy to skip this check"
+                )
+            with torch.no_grad():
+                if self.config.staleness_aware:
+                    divisor = max(sigma, 1)
+                    scale = 1.0 / divisor
+                    # g / max(sigma, 1), a division as in the rule (not a multiplication by 1/sigma).
+                    torch._foreach_add_(self._acc, torch._foreach_div(incoming, float(divisor)))
+                else:
+                    scale = 1.0
+                    torch._foreach_add_(self._acc, incoming)
+            self._acc_count += 1
+            applied = self._acc_count == self.c
+            if applied:
+                self._apply()
+            record = PushRecord(rank=rank, staleness=sigma, scale=scale, version=self.version, applied=applied)
+            self.staleness_counts[sigma] += 1
+            self.pushes_by_rank[rank] += 1
+            self.history.append(record)
+            return record
+
+    def _apply(self) -> None:
+        for t, a in zip(self.theta, self._acc, strict=True):
+            t.grad = a / self.c
+        self.optimizer.step()
+        for t in self.theta:
+            t.grad = None
+        self._acc = [torch.zeros_like(t) for t in self.theta]
+        self._acc_count = 0
+        self.version += 1
+        self._step_schedulers("step", self.version)
+
+    def _step_schedulers(self, interval: str, count: int) -> None:
+        for s in self.schedulers:
+            if s.interval == interval and count % s.frequency == 0:
+                s.scheduler.step()
+
+    def epoch_done(self, rank: int) -> None:
+        """Worker ``rank`` finished an epoch; every N worker-epochs are one data pass."""
+        with self._cond:
+            self._touch(rank)
+            self.worker_epochs += 1
+            if self.worker_epochs % self.world_size == 0:
+                self._step_schedulers("epoch", self.worker_epochs // self.world_size)
+
+    def pull(self) -> tuple[list[Tensor], int]:
+        """A copy of ``theta`` and its version."""
+        with self._cond:
+            return clone_all(self.theta), self.version
+
+    def lrs(self) -> list[float]:
+        with self._cond:
+            return [float(g["lr"]) for g in self.optimizer.param_groups]
+
+    # ------------------------------------------------------------------ statistics
+
+    def staleness_summary(self) -> dict[str, float]:
+        with self._cond:
+            total = sum(self.staleness_counts.values())
+            if total == 0:
+                return {"mean": 0.0, "max": 0.0, "count": 0.0}
+            mean = sum(s * n for s, n in self.staleness_counts.items()) / total
+            return {"mean": mean, "max": float(max(self.staleness_counts)), "count": float(total)}
+
+    # ------------------------------------------------------------------ liveness and the end
+
+    def _touch(self, rank: int) -> None:
+        if not 0 <= rank < self.world_size:
+            raise ValueError(f"unknown worker rank {rank}: the server has ranks 0..{self.world_size - 1}")
+        self._last_seen[rank] = self.clock()
+
+    def heartbeat(self, rank: int) -> None:
+        with self._cond:
+            self._touch(rank)
+
+    def _raise_if_lost(self, asking: int) -> None:
+        now = self.clock()
+        for r in range(self.world_size):
+            if r not in self._lost and not self._done[r] and now - self._last_seen[r] > self.config.worker_timeout:
+                self._lost.append(r)
+        if self._lost:
+            self._cond.notify_all()
+            lost = ", ".join(str(r) for r in self._lost)
+            raise WorkerLostError(
+                f"sasgd lost worker rank {lost}: the parameter server has not heard from it for more than "
+                f"worker_timeout={self.config.worker_timeout:g} s (rank {asking} is stopping too). Check rank "
+                f"{lost}'s log for the first error; raise worker_timeout if its steps are legitimately that slow."
+            )
+
+    def done(self, rank: int) -> None:
+        """Worker ``rank`` finished training."""
+        with self._cond:
+            self._touch(rank)
+            self._done[rank] = True
+            self._cond.notify_all()
+
+    def wait_all_done(self, rank: int, timeout: float) -> bool:
+        """Block up to ``timeout`` s until every worker is done; raise if one is lost meanwhile."""
+        deadline = self.clock() + timeout
+        with self._cond:
+            while True:
+                self._touch(rank)
+                self._raise_if_lost(rank)
+                if all(self._done):
+                    return True
+                left = deadline - self.clock()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 0.5))
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        with self._cond:
+            return {
+                "version": self.version,
+                "theta": clone_all(self.theta),
+                "acc": clone_all(self._acc),
+                "acc_count": self._acc_count,
+                "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+                "schedulers": [copy.deepcopy(s.scheduler.state_dict()) for s in self.schedulers],
+                "staleness_counts": dict(self.staleness_counts),
+                "pushes_by_rank": list(self.pushes_by_rank),
+                "worker_epochs": self.worker_epochs,
+            }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        with self._cond:
+            if len(state["pushes_by_rank"]) != self.world_size:
+                raise ValueError(
+                    f"the checkpoint's parameter server had {len(state['pushes_by_rank'])} workers, this run has "
+                    f"{self.world_size}: resume with the same number of devices"
+                )
+            copy_all_(self.theta, state["theta"])
+            self._acc = clone_all(state["acc"])
+            self._acc_count = int(state["acc_count"])
+            self.version = int(state["version"])
+            # Optimizer.load_state_dict keeps references to the given tensors: hand it copies.
+            self.optimizer.load_state_dict(copy.deepcopy(state["optimizer"]))
+            for s, saved in zip(self.schedulers, state["schedulers"], strict=True):
+                s.scheduler.load_state_dict(copy.deepcopy(saved))
+            self.staleness_counts = Counter({int(k): int(v) for k, v in state["staleness_counts"].items()})
+            self.pushes_by_rank = [int(n) for n in state["pushes_by_rank"]]
+            self.worker_epochs = int(state["worker_epochs"])
+
+
+def server_optimizer(optimizer: Optimizer, params: Sequence[Tensor], theta: Sequence[Tensor]) -> Optimizer:
+    """The user's optimizer rebuilt over ``theta``: same class, param groups, hyperparameters and state.
+
+    ``params[k]`` (the module's parameter) is replaced by ``theta[k]`` in every param group.
+    """
+    theta_of = {id(p): t for p, t in zip(params, theta, strict=True)}
+    groups = []
+    for group in optimizer.param_groups:
+        missing = [p for p in group["params"] if id(p) not in theta_of]
+        if missing:
+            raise ValueError(
+                "the optimizer holds a parameter that is not a trainable parameter of the module; sasgd's server "
+                "steps exactly the module's trainable parameters"
+            )
+        hyper = {k: v for k, v in group.items() if k != "params"}
+        groups.append({**hyper, "params": [theta_of[id(p)] for p in group["params"]]})
+    try:
+        rebuilt = type(optimizer)(groups, **optimizer.defaults)
+    except TypeError as e:
+        raise TypeError(
+            f"sasgd rebuilds the optimizer on the server as {type(optimizer).__name__}(param_groups, **defaults) "
+            f"and that failed: {e}. Give the optimizer's constructor keyword arguments matching its `defaults`."
+        ) from e
+    rebuilt.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+    return rebuilt
+
+
+def server_scheduler(scheduler: Any, optimizer: Optimizer, rebuilt: Optimizer) -> Any:
+    """A copy of ``scheduler`` (same state and schedule) that drives ``rebuilt`` instead of ``optimizer``."""
+    copied = copy.deepcopy(scheduler, {id(optimizer): rebuilt})
+    # torch warns on a scheduler's second step() unless its optimizer's step() was patched by the
+    # scheduler's constructor; the server always steps the optimizer first, so skip that check.
+    if getattr(copied, "_step_count", 0) == 1:
+        copied._step_count = 2
+    return copied
+
+
+class ServerLink(Protocol):
+    """How a worker reaches the server (:class:`~lightning_delayed.comm.parameter_server.ServerClient`)."""
+
+    def push(self, grads: Sequence[Tensor], version: int) -> tuple[PushRecord, list[Tensor], int, list[float]]: ...
+
+    def pull(self) -> tuple[list[Tensor], int, list[float]]: ...
+
+    def finish(self) -> None: ...
+
+
+class SASGDWorker(DelayedAlgorithm):
+    """One worker of SASGD: push the gradient computed at version ``j``, pull the newest ``theta``.
+
+    The user's optimizer never steps on a worker; :meth:`after_optimizer_step` replaces its step
+    (the strategy routes Lightning's ``optimizer.step()`` here). After every exchange the worker's
+    optimizer's learning rates are set to the server's, so LR monitors show the LR in use.
+
+    Args:
+        params: the module's trainable parameters (where the worker computes its gradient).
+        optimizer: the user's optimizer on this worker (only its learning rates are updated).
+        link: the connection to the server.
+        server: the server object, on the server's rank only (its state goes into checkpoints).
+        compressor: sends the pushed gradients in fp16/bf16 with error feedback (the server casts
+            them back to ``theta``'s dtype). ``theta`` is pulled at full precision, so every worker
+            computes its gradient at exactly the server's weights.
+    """
+
+    def __init__(
+        self,
+        params: Sequence[Tensor],
+        optimizer: Optimizer,
+        link: ServerLink,
+        server: ParameterServer | None = None,
+        compressor: Compressor | None = None,
+    ) -> None:
+        super().__init__()
+        self.compressor = compressor
+        self.params = list(params)
+        self.optimizer = optimizer
+        self.link = link
+        self.server = server
+        self.version = 0
+        self.finished = False
+        self.last: PushRecord | None = None
+        """What the server did with this worker's last gradient (its staleness and scale)."""
+
+    def _adopt(self, theta: Sequence[Tensor], version: int, lrs: Sequence[float]) -> None:
+        copy_all_(self.params, [t.to(p.device, p.dtype) for t, p in zip(theta, self.params, strict=True)])
+        self.version = version
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+
+    def start(self) -> None:
+        """Pull ``theta`` before the first step (all workers start from the server's weights)."""
+        self._adopt(*self.link.pull())
+
+    def after_optimizer_step(self) -> None:
+        grads = [
+            torch.zeros(p.shape, dtype=p.dtype) if p.grad is None else p.grad.detach().to("cpu", copy=True)
+            for p in self.params
+        ]
+        if self.compressor is not None:
+            grads = [self.compressor.compress(g, key=f"grad{i}") for i, g in enumerate(grads)]
+        record, theta, version, lrs = self.link.push(grads, self.version)
+        self._adopt(theta, version, lrs)
+        self.last = record
+        record_staleness(record.staleness)
+        self.step += 1
+
+    def finish(self) -> None:
+        """Wait for every worker to finish, then hold the server's final ``theta``."""
+        if self.finished:
+            return
+        self.link.finish()
+        self._adopt(*self.link.pull())
+        self.finished = True
+
+    @contextlib.contextmanager
+    def consensus(self) -> Iterator[None]:
+        """The server's current ``theta`` in the module; this worker's weights and version after.
+
+        After :meth:`finish` the module already holds the final ``theta`` and the server may be gone.
+        """
+        if self.finished:
+            yield
+            return
+        own, version = clone_all(self.params), self.version
+        lrs = [float(g["lr"]) for g in self.optimizer.param_groups]
+        self._adopt(*self.link.pull())
+        try:
+            yield
+        finally:
+            copy_all_(self.params, own)
+            self.version = version
+            for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+                group["lr"] = lr
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.server is not None:
+            state["server"] = self.server.state_dict()
+        return state
+
+    def local_state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"steps": self.step}
+        if self.compressor is not None:
+            state["compressor"] = self.compressor.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any], local_state: dict[str, Any]) -> None:
+        """Restore the server (on its rank) and this worker's counter; call :meth:`start` after."""
+        if self.server is not None:
+            self.server.load_state_dict(state["server"])
+        self.step = int(local_state["steps"])
+        if self.compressor is not None and "compressor" in local_state:
+            self.compressor.load_state_dict(local_state["compressor"])
