@@ -1,0 +1,127 @@
+"""Starting the two ranks of one benchmark task on a link, and describing the machine.
+
+:class:`Runner` launches one child process per rank (inside the rank's network namespace when the
+link is emulated) with Lightning's environment variables, waits for both under a timeout, kills
+both process groups on any failure, and returns the JSON each rank wrote.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import netns
+from benchmarks.worker import REPO
+
+TAIL = 3000
+
+
+class RunFailed(RuntimeError):
+    pass
+
+
+class Runner:
+    """Starts both ranks of one task on the current link and collects their JSON results."""
+
+    def __init__(self, link: netns.Link, workdir: Path, timeout: float) -> None:
+        self.link, self.workdir, self.timeout = link, workdir, timeout
+        self.count = 0
+
+    def _port(self) -> int:
+        if self.link.emulated:  # a fresh namespace has every port free; vary it anyway (TIME_WAIT)
+            return 29500 + self.count % 500
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+
+    def run(self, task: str, extra: list[str], world: int = 2) -> list[dict[str, Any]]:
+        self.count += 1
+        prefix = self.workdir / f"run{self.count}"
+        port = self._port()
+        procs = []
+        for rank in range(world):
+            env = dict(os.environ)
+            for key in ("TORCHELASTIC_RUN_ID", "GROUP_RANK", "LOCAL_WORLD_SIZE", "SLURM_NTASKS", "SLURM_JOB_ID"):
+                env.pop(key, None)
+            env.update(
+                MASTER_ADDR=self.link.master_addr,
+                MASTER_PORT=str(port),
+                WORLD_SIZE=str(world),
+                RANK=str(rank),
+                NODE_RANK=str(rank),
+                LOCAL_RANK="0",
+                OMP_NUM_THREADS="1",
+                PYTHONUNBUFFERED="1",
+                GLOO_SOCKET_IFNAME=self.link.devices[rank],
+                TP_SOCKET_IFNAME=self.link.devices[rank],  # TensorPipe (sasgd's RPC) on the same link
+                LD_BENCH_NET_DEV=self.link.devices[rank] if self.link.emulated else "",
+                PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
+            )
+            cmd = [*self.link.exec_prefix(rank), sys.executable, "-m", "benchmarks.run", "--worker", "--task", task]
+            cmd += ["--result", str(prefix), *extra]
+            log = open(f"{prefix}.rank{rank}.log", "w")  # noqa: SIM115 - closed below
+            procs.append(
+                (
+                    subprocess.Popen(
+                        cmd, env=env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                    ),
+                    log,
+                )
+            )
+        deadline = time.monotonic() + self.timeout
+        failure = None
+        try:
+            for rank, (proc, _) in enumerate(procs):
+                try:
+                    rc = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    failure = failure or f"timed out after {self.timeout:.0f} s"
+                    break
+                if rc != 0:
+                    failure = failure or f"rank {rank} exited with {rc}"
+                    break
+        finally:
+            for proc, log in procs:
+                if proc.poll() is None:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                log.close()
+        paths = [Path(f"{prefix}.rank{r}.json") for r in range(world)]
+        if failure is None and not all(p.exists() for p in paths):
+            failure = "a rank exited 0 but wrote no result"
+        if failure is not None:
+            logs = "\n".join(
+                f"--- rank {r} ---\n{Path(f'{prefix}.rank{r}.log').read_text()[-TAIL:]}" for r in range(world)
+            )
+            raise RunFailed(f"{task} {' '.join(extra)}: {failure}\n{logs}")
+        return [json.loads(p.read_text()) for p in paths]
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, core count, memory and kernel of this machine (for the report)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = None
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        mem = int(Path("/proc/meminfo").read_text().split()[1]) * 1024
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_bytes": mem,
+        "system": f"{platform.system()} {platform.release()}",
+    }

@@ -1,0 +1,396 @@
+"""Turns a results JSON of :mod:`benchmarks.run` into ``docs/benchmarks.md`` and PNG plots.
+
+Everything here is derived from the JSON, so ``python -m benchmarks.run --report-only`` rebuilds
+the page without measuring again. Metrics (per run, ranks combined):
+
+* samples/s: the ranks' samples/s summed (each rank: batch x timed steps / window wall time);
+* x ssgd: samples/s over ``ssgd``'s at the same (bandwidth, batch);
+* x compute: samples/s over the compute-only bound's at the same batch (overlap efficiency);
+* x limit: samples/s over the strategy's own limit, ``world x batch / max(t_compute, t_link)``, with
+  ``t_compute`` the compute-only step time and ``t_link`` = payload bytes the strategy all-reduces
+  per step / all-reduce throughput measured on the same link in the same run;
+* blocked: time per step the rank waited for communication (:class:`lightning_delayed.CommMonitor`);
+* exposed: step time minus the compute-only step time (communication not hidden, any family);
+* all-reduced: payload bytes per step per rank (CommMonitor); wire: bytes the rank's veth sent per step;
+* peak RSS: the larger ``ru_maxrss`` of the two ranks.
+"""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from benchmarks.baselines import OVERLAPPING_EXCLUDED, our_strategies
+
+MB = 1e6
+IMG = "img"
+
+
+def latest_json(directory: Path) -> Path:
+    files = sorted(directory.glob("*.json"))
+    if not files:
+        raise SystemExit(f"error: no results JSON in {directory}; run `python -m benchmarks.run` first")
+    return files[-1]
+
+
+def _ok(entry: dict[str, Any]) -> bool:
+    return entry.get("status") == "ok"
+
+
+def link_time(row: dict[str, Any], ranks: list[dict[str, Any]], ar: dict[str, Any] | None) -> float | None:
+    """Seconds per step the link needs for what the strategy sends: its link bound.
+
+    Payload bytes all-reduced per step / all-reduce throughput (payload bytes/s) on the same link.
+    A strategy that sends without collectives and reports no payload (an RPC parameter server)
+    is bounded by its veth bytes instead: the busiest rank's wire bytes per step / the wire
+    bytes per second the all-reduce achieved.
+    """
+    if ar is None:
+        return None
+    if row["bytes"] > 0:
+        return float(row["bytes"] / ar["bytes_per_s"])
+    wire = [r["wire_bytes_per_step"] for r in ranks if r.get("wire_bytes_per_step") is not None]
+    if wire and ar.get("wire_bytes_per_op"):
+        return float(max(wire) / (ar["wire_bytes_per_op"] / ar["seconds_per_op"]))
+    return None
+
+
+def summarize(data: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per throughput run with every derived metric (None where it cannot be computed)."""
+    allreduce = {link["bandwidth"]: link["allreduce"] for link in data["links"]}
+    compute = {
+        e["batch_size"]: max(r["step_s"] for r in e["ranks"])
+        for e in data["throughput"]
+        if e["strategy"] == "compute_only" and _ok(e)
+    }
+    rows = []
+    for e in data["throughput"]:
+        if e.get("role", "compare") != "compare":
+            continue  # calibration and batch-probe runs only feed the compute-only times above
+        row: dict[str, Any] = {k: e[k] for k in ("bandwidth", "batch_size", "strategy")}
+        row["status"] = e.get("status")
+        if not _ok(e):
+            rows.append(row)
+            continue
+        ranks = e["ranks"]
+        world = len(ranks)
+        row["samples_per_s"] = sum(r["samples_per_s"] for r in ranks)
+        row["step_s"] = max(r["step_s"] for r in ranks)
+        row["blocked_s"] = statistics.mean(r["blocked_s_per_step"] for r in ranks)
+        row["bytes"] = statistics.mean(r["bytes_per_step"] for r in ranks)
+        wire = [r["wire_bytes_per_step"] for r in ranks if r.get("wire_bytes_per_step") is not None]
+        row["wire_bytes"] = statistics.mean(wire) if wire else None
+        row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ranks)
+        t_compute = compute.get(e["batch_size"])
+        row["exposed_s"] = None if t_compute is None else max(0.0, row["step_s"] - t_compute)
+        ar = allreduce.get(e["bandwidth"])
+        if t_compute is not None:
+            row["x_compute"] = row["samples_per_s"] / (world * e["batch_size"] / t_compute)
+            row["t_link"] = link_time(row, ranks, ar)
+            limit = max(t_compute, row["t_link"] or 0.0)
+            row["x_limit"] = row["samples_per_s"] / (world * e["batch_size"] / limit)
+        rows.append(row)
+    base = {(r["bandwidth"], r["batch_size"]): r for r in rows if r["strategy"] == "ssgd" and "samples_per_s" in r}
+    for r in rows:
+        b = base.get((r["bandwidth"], r["batch_size"]))
+        if b is not None and "samples_per_s" in r:
+            r["x_ssgd"] = r["samples_per_s"] / b["samples_per_s"]
+    return rows
+
+
+def settings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (bandwidth, batch): ssgd's step over the compute-only step (2 = all-reduce about equals compute)."""
+    out = []
+    for r in rows:
+        if r["strategy"] == "ssgd" and r.get("x_compute"):
+            out.append(
+                {"bandwidth": r["bandwidth"], "batch_size": r["batch_size"], "ssgd_over_compute": 1 / r["x_compute"]}
+            )
+    return out
+
+
+def _closest(sets: list[dict[str, Any]], ratio: float) -> dict[str, Any] | None:
+    shaped = [s for s in sets if s["bandwidth"] != "unshaped"]
+    return min(shaped, key=lambda s: abs(s["ssgd_over_compute"] - ratio)) if shaped else None
+
+
+def _get(rows: list[dict[str, Any]], bw: str, batch: int, name: str) -> dict[str, Any] | None:
+    for r in rows:
+        if (r["bandwidth"], r["batch_size"], r["strategy"]) == (bw, batch, name) and "samples_per_s" in r:
+            return r
+    return None
+
+
+def accuracy_summary(data: dict[str, Any]) -> list[dict[str, Any]]:
+    target = data["meta"]["target_acc"]
+    out = []
+    for e in data["accuracy"]:
+        runs = [r for r in e["runs"] if r["epochs"]]
+        row: dict[str, Any] = {"strategy": e["strategy"], "status": e.get("status"), "seeds": len(runs)}
+        if runs:
+            finals = [r["epochs"][-1]["acc"] for r in runs]
+            row["acc"] = statistics.mean(finals)
+            row["acc_std"] = statistics.stdev(finals) if len(finals) > 1 else 0.0
+            row["wall_s"] = statistics.mean(r["epochs"][-1]["wall_s"] for r in runs)
+            reached = [next((p["wall_s"] for p in r["epochs"] if p["acc"] >= target), None) for r in runs]
+            row["to_target_s"] = statistics.mean(x for x in reached if x is not None) if all(reached) else None
+            row["reached"] = sum(x is not None for x in reached)
+        out.append(row)
+    base = next((r for r in out if r["strategy"] == "ssgd" and "acc" in r), None)
+    for r in out:
+        if base is not None and "acc" in r:
+            r["delta_points"] = 100 * (r["acc"] - base["acc"])
+    return out
+
+
+def targets(rows: list[dict[str, Any]], acc: list[dict[str, Any]]) -> list[tuple[str, str, str]]:
+    """(target, measured, verdict) lines of the issue's targets."""
+    ours = list(our_strategies())
+    overlapping = [n for n in ours if n not in OVERLAPPING_EXCLUDED]
+    sets = settings(rows)
+    lines = []
+    effs = [r for r in rows if r["strategy"] in overlapping and r.get("x_limit") is not None]
+    if effs:
+        worst = min(effs, key=lambda r: r["x_limit"])
+        ok = all(r["x_limit"] >= 0.9 for r in effs)
+        lines.append(
+            (
+                "overlap efficiency >= 0.9 of own limit (every overlapping strategy, every setting)",
+                f"min {worst['x_limit']:.2f} ({worst['strategy']}, {worst['bandwidth']}, B={worst['batch_size']})",
+                "met" if ok else "MISSED",
+            )
+        )
+    for ratio, names, need, what in (
+        (2.0, ["odsgd"], 1.25, "all-reduce ~ compute"),
+        (3.0, ["dasgd", "cocodsgd", "overlap_local_sgd"], 2.0, "ssgd step ~ 3x compute"),
+    ):
+        s = _closest(sets, ratio)
+        for name in names:
+            if s is None or name not in ours:
+                continue
+            r = _get(rows, s["bandwidth"], s["batch_size"], name)
+            got = r.get("x_ssgd") if r else None
+            where = f"{s['bandwidth']}, B={s['batch_size']}, ssgd/compute = {s['ssgd_over_compute']:.2f}"
+            verdict = "not measured" if got is None else ("met" if got >= need else "MISSED")
+            lines.append((f"{name} >= {need}x ssgd where {what}", f"{got:.2f}x ({where})" if got else where, verdict))
+    fast = [r for r in rows if r["bandwidth"] == "unshaped" and r["strategy"] in ours and r.get("x_ssgd")]
+    if fast:
+        worst = min(fast, key=lambda r: r["x_ssgd"])
+        lines.append(
+            (
+                "unshaped link: every strategy >= 0.97x ssgd",
+                f"min {worst['x_ssgd']:.2f}x ({worst['strategy']}, B={worst['batch_size']})",
+                "met" if worst["x_ssgd"] >= 0.97 else "MISSED",
+            )
+        )
+    deltas = [a for a in acc if a["strategy"] in ours and a.get("delta_points") is not None]
+    if deltas:
+        worst = max(deltas, key=lambda a: abs(a["delta_points"]))
+        lines.append(
+            (
+                "digits accuracy within 1 point of ssgd (mean of seeds)",
+                f"max |diff| {abs(worst['delta_points']):.2f} points ({worst['strategy']})",
+                "met" if abs(worst["delta_points"]) <= 1.0 else "MISSED",
+            )
+        )
+    return lines
+
+
+def _f(x: Any, fmt: str, scale: float = 1.0) -> str:
+    return "n/a" if x is None else format(x * scale, fmt)
+
+
+def plots(data: dict[str, Any], rows: list[dict[str, Any]], acc_data: list[dict[str, Any]], img_dir: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    order = {link["bandwidth"]: -(link["bps"] or float("inf")) for link in data["links"]}
+    ok_rows = [r for r in rows if "samples_per_s" in r]
+    keys = sorted({(r["bandwidth"], r["batch_size"]) for r in ok_rows}, key=lambda k: (order.get(k[0], 0), k[1]))
+    if keys:
+        fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
+        names = list(dict.fromkeys(r["strategy"] for r in ok_rows))
+        for name in names:
+            pts = [(i, _get(rows, bw, b, name)) for i, (bw, b) in enumerate(keys)]
+            pts = [(i, r) for i, r in pts if r is not None]
+            style = "--" if name in ("ddp", "post_local_sgd", "compute_only") else "-"
+            axes[0].plot([i for i, _ in pts], [r["samples_per_s"] for _, r in pts], style, marker="o", label=name)
+            xs = [(i, r["x_compute"]) for i, r in pts if r.get("x_compute") is not None]
+            axes[1].plot([i for i, _ in xs], [v for _, v in xs], style, marker="o", label=name)
+        for ax, ylabel in zip(axes, ("samples/s (2 ranks)", "samples/s / compute-only bound"), strict=True):
+            ax.set_xticks(range(len(keys)), [f"{bw}\nB={b}" for bw, b in keys])
+            ax.set_xlabel("link bandwidth, batch per rank")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+        axes[0].set_yscale("log")
+        axes[1].legend(fontsize=8, loc="best")
+        fig.suptitle("ResNet-18, CIFAR-shaped inputs: throughput against bandwidth")
+        fig.tight_layout()
+        fig.savefig(img_dir / "benchmarks_throughput.png", dpi=110)
+        plt.close(fig)
+        written.append(f"{IMG}/benchmarks_throughput.png")
+    if data["accuracy"]:
+        fig, ax = plt.subplots(figsize=(7, 4.8))
+        for e in data["accuracy"]:
+            runs = [r["epochs"] for r in e["runs"] if r["epochs"]]
+            if not runs:
+                continue
+            n = min(len(r) for r in runs)
+            wall = [statistics.mean(r[i]["wall_s"] for r in runs) for i in range(n)]
+            acc = [statistics.mean(r[i]["acc"] for r in runs) for i in range(n)]
+            ax.plot(wall, acc, marker=".", label=e["strategy"])
+        ax.axhline(data["meta"]["target_acc"], color="gray", linestyle=":", label="target")
+        ax.set_xlabel("training wall time (s, validation excluded)")
+        ax.set_ylabel("test accuracy (mean of seeds)")
+        ax.set_title(f"digits CNN, 2 ranks, link {data['accuracy'][0]['bandwidth']}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(img_dir / "benchmarks_accuracy.png", dpi=110)
+        plt.close(fig)
+        written.append(f"{IMG}/benchmarks_accuracy.png")
+    return written
+
+
+def markdown(data: dict[str, Any], images: list[str]) -> str:
+    meta = data["meta"]
+    rows = summarize(data)
+    acc = accuracy_summary(data)
+    m, v = meta["machine"], meta["versions"]
+    out = ["# Benchmarks on a slow network (measured)", ""]
+    if meta.get("quick"):
+        out += [
+            "> **Quick smoke run** (`--quick`): tiny step counts; the numbers only show that the pipeline works.",
+            "",
+        ]
+    link_kind = (
+        "two network namespaces joined by a veth pair shaped with `tc tbf` on both ends"
+        if meta["emulated"]
+        else f"loopback only ({meta['fallback_reason']})"
+    )
+    out += [
+        f"Measured {meta['date']} on {m['cpu']} ({m['cores']} cores, "
+        f"{_f(m.get('memory_bytes'), '.0f', 1 / 2**30)} GiB, "
+        f"{m['system']}); torch {v['torch']}, lightning {v['lightning']}, torchvision {v['torchvision']}, "
+        f"lightning_delayed {v['lightning_delayed']}, Python {v['python']}.",
+        "",
+        f"2 ranks, one compute thread each (`OMP_NUM_THREADS=1`), gloo, on {link_kind}. Bandwidths: "
+        f"{', '.join(meta['bandwidths'])}. Throughput: torchvision ResNet-18 (`num_classes=10`) on random 3x32x32 "
+        f"inputs, SGD lr 0.01 momentum 0.9, {meta['warmup']} warm-up steps then {meta['steps']} timed steps. "
+        f"Periodic strategies average every {meta['sync_every']} steps. Strategy arguments: "
+        + ", ".join(f"`{n}` {kw}" for n, kw in meta["strategy_kwargs"].items() if kw)
+        + ".",
+        "",
+        f"Reproduce: `{meta['command']}` (as root for the emulated links); rebuild this page from the JSON with "
+        f"`python -m benchmarks.run --report-only`. Raw results: `{Path(meta['json_path']).name}` in "
+        "`benchmarks/results/`. Total run time: " + _f(meta.get("total_s"), ".0f") + " s.",
+        "",
+        "## Links",
+        "",
+        "| bandwidth | all-reduce throughput (MB/s) | all-reduce of ResNet-18 gradient (ms) | batch sizes measured |",
+        "|---|---:|---:|---|",
+    ]
+    for link in data["links"]:
+        ar = link.get("allreduce")
+        batches = ", ".join(f"{k}: {b}" for k, b in link.get("batches", {}).items())
+        out.append(
+            f"| {link['bandwidth']} | {_f(ar and ar['bytes_per_s'], '.1f', 1 / MB)} | "
+            f"{_f(ar and ar['seconds_per_op'], '.0f', 1000)} | {batches} |"
+        )
+    sets = {(s["bandwidth"], s["batch_size"]): s["ssgd_over_compute"] for s in settings(rows)}
+    out += ["", "## Throughput", ""]
+    for key in dict.fromkeys((r["bandwidth"], r["batch_size"]) for r in rows):
+        ratio = sets.get(key)
+        note = f" (ssgd step / compute-only step = {ratio:.2f})" if ratio else ""
+        out += [
+            f"### {key[0]}, batch {key[1]} per rank{note}",
+            "",
+            "| strategy | samples/s | x ssgd | x compute | x limit | step (ms) | blocked (ms/step) | exposed (ms/step) "
+            "| all-reduced (MB/step) | wire (MB/step) | peak RSS (MB) |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in rows:
+            if (r["bandwidth"], r["batch_size"]) != key:
+                continue
+            if "samples_per_s" not in r:
+                out.append(f"| `{r['strategy']}` | failed | | | | | | | | | |")
+                continue
+            out.append(
+                f"| `{r['strategy']}` | {r['samples_per_s']:.1f} | {_f(r.get('x_ssgd'), '.2f')} | "
+                f"{_f(r.get('x_compute'), '.2f')} | {_f(r.get('x_limit'), '.2f')} | {r['step_s'] * 1000:.0f} | "
+                f"{r['blocked_s'] * 1000:.1f} | {_f(r.get('exposed_s'), '.0f', 1000)} | {r['bytes'] / MB:.2f} | "
+                f"{_f(r.get('wire_bytes'), '.2f', 1 / MB)} | {r['peak_rss_mb']:.0f} |"
+            )
+        out.append("")
+    if acc:
+        out += [
+            "## Accuracy and time to accuracy (digits CNN)",
+            "",
+            f"{meta['epochs']} epochs, batch 32 per rank, seeds {meta['seeds']}, "
+            f"link {data['accuracy'][0]['bandwidth']}. "
+            f"Target accuracy {meta['target_acc']}. Test accuracy is measured after every epoch on the consensus "
+            "model (ours) or each rank's own model with synchronised metrics (Lightning's strategies).",
+            "",
+            "| strategy | test accuracy (mean ± sd) | diff to ssgd (points) | wall time, all epochs (s) | "
+            "wall time to target (s) |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for a in acc:
+            if "acc" not in a:
+                out.append(f"| `{a['strategy']}` | failed | | | |")
+                continue
+            reach = (
+                _f(a.get("to_target_s"), ".1f")
+                if a["reached"] == a["seeds"]
+                else f"not reached ({a['reached']}/{a['seeds']} seeds)"
+            )
+            out.append(
+                f"| `{a['strategy']}` | {a['acc']:.4f} ± {a['acc_std']:.4f} | {_f(a.get('delta_points'), '+.2f')} | "
+                f"{a['wall_s']:.1f} | {reach} |"
+            )
+        out.append("")
+    lines = targets(rows, acc)
+    if lines:
+        out += [
+            "## Targets (ratios measured side by side in this run)",
+            "",
+            "| target | measured | verdict |",
+            "|---|---|---|",
+            *[f"| {t} | {m_} | {v_} |" for t, m_, v_ in lines],
+            "",
+        ]
+    failed = [e for e in data["throughput"] + data["accuracy"] if e.get("status") == "failed"]
+    if failed:
+        out += ["## Failed runs", ""]
+        for e in failed:
+            first = (e.get("error") or "").splitlines()[:1]
+            out.append(
+                f"- `{e['strategy']}` ({e.get('bandwidth')}, B={e.get('batch_size', 32)}): {first[0] if first else '?'}"
+            )
+        out.append("")
+    out += [f"![{Path(i).stem}]({i})" for i in images] + [""]
+    out += [
+        "## How each number is measured",
+        "",
+        (__doc__ or "").split("ranks combined):", 1)[-1].strip(),
+        "",
+        "Blocked time by family: our strategies time every wait on a collective (`comm/buckets.py` `wait_work`); "
+        "DDP's own C++ all-reduce (`ssgd`, `ddp`) is read from DDP's reducer timers (comm end minus autograd "
+        "end); post-local SGD's blocking average is timed whole. Bytes: our collectives count their buffers; "
+        "DDP's reduction counts the gradient bytes each step; the veth counters measure what really crossed "
+        "the link (both directions are shaped, so one rank's tx is one direction's load).",
+        "",
+    ]
+    return "\n".join(out)
+
+
+def write_report(data: dict[str, Any], docs: Path) -> None:
+    rows = summarize(data)
+    images = plots(data, rows, accuracy_summary(data), docs.parent / IMG)
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    docs.write_text(markdown(data, images))

@@ -1,0 +1,300 @@
+"""Rank-side code of the benchmarks: one process is one rank; everything comes from the environment.
+
+The same worker runs under the emulated cluster (:mod:`benchmarks.run` starts it in a network
+namespace), under ``torchrun`` or under a scheduler that sets Lightning's variables::
+
+    # on each of 2 nodes (a real cluster):
+    MASTER_ADDR=node0 MASTER_PORT=29500 WORLD_SIZE=2 NODE_RANK=<0|1> LOCAL_RANK=0 RANK=<0|1> \
+        OMP_NUM_THREADS=1 python -m benchmarks.run --worker --task throughput --strategy odsgd \
+        --batch-size 32 --result /shared/odsgd
+    torchrun --nnodes 2 --nproc-per-node 1 ... -m benchmarks.run --worker --task throughput ...
+
+``WORLD_SIZE`` and ``LOCAL_WORLD_SIZE`` (default 1) give Lightning's ``devices`` and ``num_nodes``.
+Each rank writes ``<result>.rank<r>.json``. Tasks:
+
+* ``allreduce``: time ``all_reduce`` of one fp32 buffer of ``--nbytes`` (a ResNet-18 gradient by
+  default): the all-reduce throughput of the link, payload bytes per second.
+* ``throughput``: ResNet-18 (torchvision, ``num_classes=10``) on random CIFAR-shaped batches
+  (3x32x32, 10 classes), SGD lr 0.01 momentum 0.9; ``--warmup`` steps, then ``--steps`` timed
+  steps. Records the window's wall time, :class:`lightning_delayed.CommMonitor` totals over the
+  window (bytes, blocked time), the bytes the network device sent, and peak RSS.
+* ``digits``: the digits CNN of ``examples/digits.py`` for ``--epochs`` epochs per seed; test
+  accuracy after every epoch and the training wall time up to it (validation time excluded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import resource
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+TASKS = ("allreduce", "throughput", "digits")
+NUM_CLASSES = 10
+LR = 0.01
+MOMENTUM = 0.9
+
+
+def add_worker_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("worker (one rank; also for torchrun / real clusters)")
+    g.add_argument("--worker", action="store_true", help="run one rank of one task (reads RANK, WORLD_SIZE, ...)")
+    g.add_argument("--task", choices=TASKS, help="worker task")
+    g.add_argument("--strategy", help="worker: strategy name (ours, ddp, post_local_sgd, compute_only)")
+    g.add_argument("--batch-size", type=int, default=32, help="worker: batch size per rank")
+    g.add_argument("--warmup", type=int, default=2, help="worker: untimed steps first")
+    g.add_argument("--seeds", default="0", help="worker digits: comma-separated seeds")
+    g.add_argument("--nbytes", type=int, default=0, help="worker allreduce: buffer bytes (0: ResNet-18 gradient)")
+    g.add_argument("--reps", type=int, default=3, help="worker allreduce: timed repetitions")
+    g.add_argument("--result", help="worker: result prefix; rank r writes <result>.rank<r>.json")
+
+
+def env_int(name: str, default: int | None = None) -> int:
+    value = os.environ.get(name)
+    if value is None:
+        if default is None:
+            raise ValueError(f"the worker needs the environment variable {name} (set by the runner, torchrun or you)")
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be an integer, got {value!r}") from None
+
+
+def rank_and_world() -> tuple[int, int]:
+    world = env_int("WORLD_SIZE")
+    rank = env_int("RANK", env_int("NODE_RANK", 0) * env_int("LOCAL_WORLD_SIZE", 1) + env_int("LOCAL_RANK", 0))
+    return rank, world
+
+
+def tx_bytes() -> int | None:
+    """Bytes sent by this namespace's network device (``LD_BENCH_NET_DEV``), or None if unknown."""
+    dev = os.environ.get("LD_BENCH_NET_DEV")
+    if not dev:
+        return None
+    try:
+        return int(Path(f"/sys/class/net/{dev}/statistics/tx_bytes").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def resnet18_grad_bytes() -> int:
+    import torchvision
+
+    return sum(p.numel() * p.element_size() for p in torchvision.models.resnet18(num_classes=NUM_CLASSES).parameters())
+
+
+def versions() -> dict[str, str]:
+    import lightning
+    import torch
+    import torchvision
+
+    import lightning_delayed
+
+    return {
+        "torch": torch.__version__,
+        "lightning": lightning.__version__,
+        "torchvision": torchvision.__version__,
+        "lightning_delayed": lightning_delayed.__version__,
+        "python": platform.python_version(),
+    }
+
+
+# ------------------------------------------------------------------------------------------ tasks
+
+
+def task_allreduce(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo")
+    nbytes = args.nbytes or resnet18_grad_bytes()
+    buf = torch.ones(nbytes // 4)
+    dist.all_reduce(buf)  # connect and warm up
+    dist.barrier()
+    tx0, t0 = tx_bytes(), time.perf_counter()
+    for _ in range(args.reps):
+        dist.all_reduce(buf)
+    seconds = (time.perf_counter() - t0) / args.reps
+    tx1 = tx_bytes()
+    return {
+        "nbytes": buf.numel() * 4,
+        "reps": args.reps,
+        "seconds_per_op": seconds,
+        "bytes_per_s": buf.numel() * 4 / seconds,
+        "wire_bytes_per_op": None if tx0 is None or tx1 is None else (tx1 - tx0) / args.reps,
+    }
+
+
+def _trainer_topology() -> dict[str, int]:
+    _, world = rank_and_world()
+    devices = env_int("LOCAL_WORLD_SIZE", 1)
+    if world % devices:
+        raise ValueError(f"WORLD_SIZE={world} is not a multiple of LOCAL_WORLD_SIZE={devices}")
+    return {"devices": devices, "num_nodes": world // devices}
+
+
+def task_throughput(args: argparse.Namespace) -> dict[str, Any]:
+    import lightning.pytorch as pl
+    import torch
+    import torchvision
+    from torch.utils.data import DataLoader, Dataset
+
+    from benchmarks.baselines import build_strategy
+    from lightning_delayed import CommMonitor
+
+    rank, _ = rank_and_world()
+    torch.manual_seed(0)
+    total = args.warmup + args.steps
+
+    class Batches(Dataset[tuple[torch.Tensor, torch.Tensor]]):
+        def __init__(self) -> None:
+            g = torch.Generator().manual_seed(1000 + rank)
+            self.x = torch.randn(args.batch_size, 3, 32, 32, generator=g)
+            self.y = torch.randint(0, NUM_CLASSES, (args.batch_size,), generator=g)
+
+        def __len__(self) -> int:
+            return total
+
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.x, self.y
+
+    class ResNet(pl.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torchvision.models.resnet18(num_classes=NUM_CLASSES)
+
+        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+            x, y = batch
+            return torch.nn.functional.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.SGD(self.parameters(), lr=LR, momentum=MOMENTUM)
+
+    class Clock(pl.Callback):
+        def __init__(self) -> None:
+            self.ends: list[float] = []
+            self.tx: dict[int, int | None] = {}
+
+        def on_train_batch_end(self, trainer: pl.Trainer, *a: Any) -> None:
+            self.ends.append(time.perf_counter())
+            step = trainer.global_step
+            if step in (args.warmup, total):
+                self.tx[step] = tx_bytes()
+
+    clock, monitor = Clock(), CommMonitor(log=False, skip_steps=args.warmup)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        strategy=build_strategy(args.strategy),
+        max_steps=total,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=[clock, monitor],
+        **_trainer_topology(),
+    )
+    trainer.fit(ResNet(), DataLoader(Batches(), batch_size=None, shuffle=False))
+    ends = clock.ends
+    window = ends[total - 1] - ends[args.warmup - 1]
+    tx0, tx1 = clock.tx.get(args.warmup), clock.tx.get(total)
+    t = monitor.totals
+    return {
+        "steps": args.steps,
+        "warmup": args.warmup,
+        "batch_size": args.batch_size,
+        "window_s": window,
+        "step_s": window / args.steps,
+        "step_times_s": [b - a for a, b in itertools.pairwise(ends)],
+        "samples_per_s": args.batch_size * args.steps / window,
+        "monitor_steps": t.steps,
+        "blocked_s_per_step": t.blocked_s / max(t.steps, 1),
+        "bytes_per_step": t.bytes / max(t.steps, 1),
+        "staleness_mean": t.staleness_sum / t.staleness_count if t.staleness_count else None,
+        "wire_bytes_per_step": None if tx0 is None or tx1 is None else (tx1 - tx0) / args.steps,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6,
+    }
+
+
+def task_digits(args: argparse.Namespace) -> dict[str, Any]:
+    import lightning.pytorch as pl
+
+    sys.path.insert(0, str(REPO / "examples"))
+    from digits import DATA_DESCRIPTION, DigitsCNN, DigitsDataModule
+
+    from benchmarks.baselines import build_strategy
+
+    class EpochRecorder(pl.Callback):
+        """Training wall time (validation excluded) and test accuracy after every epoch."""
+
+        def __init__(self) -> None:
+            self.points: list[dict[str, float]] = []
+            self.start = self.paused_at = 0.0
+            self.paused = 0.0
+
+        def on_train_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+            self.start = time.perf_counter()
+
+        def on_validation_start(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+            self.paused_at = time.perf_counter()
+
+        def on_validation_end(self, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+            wall = self.paused_at - self.start - self.paused
+            acc = float(trainer.callback_metrics["val_acc"])
+            self.points.append({"epoch": trainer.current_epoch + 1, "wall_s": wall, "acc": acc})
+            self.paused += time.perf_counter() - self.paused_at
+
+    runs = []
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        pl.seed_everything(seed, workers=True, verbose=False)
+        recorder = EpochRecorder()
+        trainer = pl.Trainer(
+            accelerator="cpu",
+            strategy=build_strategy(args.strategy),
+            max_epochs=args.epochs,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            callbacks=[recorder],
+            **_trainer_topology(),
+        )
+        trainer.fit(DigitsCNN(), datamodule=DigitsDataModule(batch_size=args.batch_size, seed=0))
+        runs.append({"seed": seed, "epochs": recorder.points})
+    return {"data": DATA_DESCRIPTION, "batch_size": args.batch_size, "runs": runs}
+
+
+def run_worker(args: argparse.Namespace) -> None:
+    warnings.filterwarnings("ignore")
+    import torch
+    import torch.distributed as dist
+
+    import lightning_delayed  # noqa: F401  (registers the strategy names)
+
+    if not args.task or not args.result:
+        raise ValueError("--worker needs --task and --result")
+    if args.task != "allreduce" and not args.strategy:
+        raise ValueError(f"--task {args.task} needs --strategy")
+    if args.warmup < 1 or args.steps < 1:
+        raise ValueError(f"--warmup and --steps must be >= 1, got {args.warmup} and {args.steps}")
+    torch.set_num_threads(1)
+    rank, world = rank_and_world()
+    task = {"allreduce": task_allreduce, "throughput": task_throughput, "digits": task_digits}[args.task]
+    result = task(args)
+    result.update(task=args.task, strategy=args.strategy, rank=rank, world_size=world, versions=versions())
+    Path(f"{args.result}.rank{rank}.json").write_text(json.dumps(result, indent=1))
+    if dist.is_available() and dist.is_initialized():
+        # Tear gloo down while every rank is alive (it sometimes aborts at interpreter exit otherwise).
+        dist.barrier()
+        dist.destroy_process_group()
