@@ -54,6 +54,10 @@ class CountingHook(CommHook):
             self.bytes_sent[str(t.dtype)] += t.numel() * t.element_size()
         return self.inner.launch(tensors, weight=weight, keys=keys, what=what)
 
+    def set_group(self, group: Any) -> None:
+        super().set_group(group)
+        self.inner.set_group(group)  # a wrapping hook passes the strategy's process group on
+
     def state_dict(self) -> dict[str, Any]:
         return {"inner": self.inner.state_dict()}  # the counters are statistics, not training state
 

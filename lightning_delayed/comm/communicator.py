@@ -24,6 +24,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
+import torch.distributed as dist
 from torch import Tensor
 
 from lightning_delayed.comm.buckets import DEFAULT_BUCKET_CAP_MB, Pending, launch_average
@@ -47,7 +48,20 @@ class CommHook(ABC):
 
     Per-rank state (for example error-feedback residuals) goes into :meth:`state_dict`; the
     strategy stores it in checkpoints, one entry per rank, and restores it on resume.
+
+    Attributes:
+        group: the process group to communicate over, set by the strategy with :meth:`set_group`
+            before the first launch (``None``: the world group). The strategies give their hooks
+            a group of their own, so that Lightning's collectives on the default group (it
+            broadcasts a SIGTERM flag before every training batch) never queue behind an average
+            in flight: on gloo (and on one NCCL stream) the collectives of one group run in order.
     """
+
+    group: dist.ProcessGroup | None = None
+
+    def set_group(self, group: dist.ProcessGroup | None) -> None:
+        """Communicate over ``group``. Wrapping hooks must pass it on to the hooks they wrap."""
+        self.group = group
 
     @abstractmethod
     def launch(
@@ -86,7 +100,7 @@ class AllReduceHook(CommHook):
     """The default hook: bucketed asynchronous all-reduce of private copies (SUM, then divide).
 
     Tensors are copied into flat buckets of one dtype and device (at most ``bucket_cap_mb`` MiB
-    each) and one ``all_reduce(async_op=True)`` per bucket is started over the world process group
+    each) and one ``all_reduce(async_op=True)`` per bucket is started over :attr:`group`
     (see :func:`~lightning_delayed.comm.buckets.launch_average`). Averages are exact: the sum of
     the same contributions divided by the world size, identical on every rank.
 
@@ -114,7 +128,12 @@ class AllReduceHook(CommHook):
         what: str = "tensors",
     ) -> Pending:
         return launch_average(
-            tensors, bucket_cap_mb=self.bucket_cap_mb, weight=weight, check_finite=self.check_finite, what=what
+            tensors,
+            group=self.group,
+            bucket_cap_mb=self.bucket_cap_mb,
+            weight=weight,
+            check_finite=self.check_finite,
+            what=what,
         )
 
     def __repr__(self) -> str:

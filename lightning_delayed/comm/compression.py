@@ -45,6 +45,7 @@ from collections.abc import Sequence
 from typing import Any, Literal, get_args
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from lightning_delayed.comm.buckets import Pending
@@ -177,6 +178,10 @@ class CompressedHook(CommHook):
             raise ValueError("inner is already a CompressedHook: compressing twice only loses precision")
         self.inner: CommHook = inner if inner is not None else AllReduceHook()
         self.compressor = Compressor(compression, error_feedback)
+
+    def set_group(self, group: dist.ProcessGroup | None) -> None:
+        super().set_group(group)
+        self.inner.set_group(group)
 
     @property
     def compression(self) -> str:

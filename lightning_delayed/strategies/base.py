@@ -142,6 +142,7 @@ class DelayedStrategy(DDPStrategy):
         self.comm_hook: CommHook | None = comm_hook
         self.communicator: CommHook | None = None  # built at the start of every fit (build_communicator)
         self.algorithm: DelayedAlgorithm | None = None
+        self.comm_group: dist.ProcessGroup | None = None  # the algorithm's own group (setup_distributed)
         self.ddp_hook: Any = None
         self._consensus_stack: contextlib.ExitStack | None = None
         self._restored: dict[str, Any] | None = None
@@ -178,6 +179,7 @@ class DelayedStrategy(DDPStrategy):
         hook = self.comm_hook if self.comm_hook is not None else AllReduceHook(self.bucket_cap_mb, self.check_finite)
         if self.compression != "none":
             hook = CompressedHook(hook, self.compression, self.error_feedback)  # type: ignore[arg-type]
+        hook.set_group(self.comm_group)
         return hook
 
     @property
@@ -198,6 +200,13 @@ class DelayedStrategy(DDPStrategy):
                 f"{type(self).__name__} supports the process-group backends {SUPPORTED_BACKENDS}, got {backend!r}"
             )
         super().setup_distributed()
+        # The algorithm's averages run on a group of their own: Lightning broadcasts a SIGTERM flag
+        # on the default group before every training batch, and on gloo (and on one NCCL stream)
+        # that broadcast would wait behind an average in flight, so nothing would overlap.
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            group = dist.new_group(backend=self._get_process_group_backend())
+            assert isinstance(group, dist.ProcessGroup)  # every rank is a member
+            self.comm_group = group
 
     @override
     def setup(self, trainer: pl.Trainer) -> None:
