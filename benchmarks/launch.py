@@ -62,7 +62,8 @@ class Runner:
                 OMP_NUM_THREADS="1",
                 PYTHONUNBUFFERED="1",
                 GLOO_SOCKET_IFNAME=self.link.devices[rank],
-                TP_SOCKET_IFNAME=self.link.devices[rank],  # TensorPipe (sasgd's RPC) on the same link
+                TP_SOCKET_IFNAME=self.link.devices[rank],  # TensorPipe (sasgd's RPC) on the same link,
+                LD_RPC_TRANSPORTS="uv",  # over TCP, not shared memory: the ranks emulate separate nodes
                 LD_BENCH_NET_DEV=self.link.devices[rank] if self.link.emulated else "",
                 PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
             )

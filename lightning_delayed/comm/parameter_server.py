@@ -13,6 +13,7 @@ Every worker also runs a heartbeat thread, so the server can tell a dead worker 
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 from collections.abc import Sequence
@@ -98,8 +99,28 @@ def start_rpc(rank: int, world_size: int, master_addr: str, timeout: timedelta) 
         init_method=f"tcp://{master_addr}:{port[0]}",
         rpc_timeout=timeout.total_seconds(),
         num_worker_threads=max(16, 2 * world_size + 4),
+        **tensorpipe_transport_options(),  # type: ignore[arg-type]
     )
     rpc.init_rpc(worker_name(rank), rank=rank, world_size=world_size, rpc_backend_options=options)
+
+
+RPC_TRANSPORTS_ENV = "LD_RPC_TRANSPORTS"
+
+
+def tensorpipe_transport_options() -> dict[str, list[str]]:
+    """TensorPipe transports from ``$LD_RPC_TRANSPORTS`` (e.g. ``uv``), else TensorPipe's own choice.
+
+    By default TensorPipe moves tensors between processes on the same host through shared memory
+    (``shm`` transport, ``cma`` channel), bypassing the network. That is right for a real node, but
+    ranks that emulate separate nodes on one machine (``benchmarks/``: network namespaces joined by
+    a shaped veth) must use TCP: ``LD_RPC_TRANSPORTS=uv`` selects it, with the ``basic`` channel so
+    tensor payloads travel over the same TCP connection.
+    """
+    value = os.environ.get(RPC_TRANSPORTS_ENV, "").strip()
+    if not value:
+        return {}
+    transports = [t.strip() for t in value.split(",") if t.strip()]
+    return {"_transports": transports, "_channels": ["basic"]}
 
 
 def install_server(server: Any) -> None:
