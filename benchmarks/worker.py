@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-TASKS = ("allreduce", "throughput", "digits")
+TASKS = ("allreduce", "throughput", "digits", "contention")
 NUM_CLASSES = 10
 LR = 0.01
 MOMENTUM = 0.9
@@ -130,6 +130,71 @@ def task_allreduce(args: argparse.Namespace) -> dict[str, Any]:
         "seconds_per_op": seconds,
         "bytes_per_s": buf.numel() * 4 / seconds,
         "wire_bytes_per_op": None if tx0 is None or tx1 is None else (tx1 - tx0) / args.reps,
+    }
+
+
+def task_contention(args: argparse.Namespace) -> dict[str, Any]:
+    """How fast compute runs while an all-reduce is in flight on the same cores.
+
+    Overlap hides communication only if the communication leaves the compute alone. Here both
+    share 2 cores, so this measures ResNet-18 steps (forward, backward, SGD; no Lightning, no
+    communication of their own) alone, then with a thread running back-to-back all-reduces of a
+    ResNet-18-sized buffer on its own gloo group: ``compute_speed_under_comm = t_alone / t_shared``
+    bounds the overlap efficiency any overlapping strategy can reach on this link.
+    """
+    import threading
+
+    import torch
+    import torch.distributed as dist
+    import torchvision
+
+    dist.init_process_group("gloo")
+    comm_group = dist.new_group(backend="gloo")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=NUM_CLASSES)
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+    x, y = torch.randn(args.batch_size, 3, 32, 32), torch.randint(0, NUM_CLASSES, (args.batch_size,))
+
+    def steps(n: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        return (time.perf_counter() - t0) / n
+
+    steps(args.warmup)
+    alone = steps(args.steps)
+    buf = torch.ones(resnet18_grad_bytes() // 4)
+    lock, stop, started = threading.Lock(), threading.Event(), [0]
+
+    def communicate() -> None:
+        while True:
+            with lock:
+                if stop.is_set():
+                    return
+                started[0] += 1
+            dist.all_reduce(buf, group=comm_group)
+
+    dist.barrier()
+    thread = threading.Thread(target=communicate, daemon=True)
+    thread.start()
+    shared = steps(args.steps)
+    with lock:
+        stop.set()
+        mine = started[0]
+    # Collectives must match: the rank that started fewer all-reduces issues the missing ones.
+    most = torch.tensor([mine])
+    dist.all_reduce(most, op=dist.ReduceOp.MAX)
+    for _ in range(int(most.item()) - mine):
+        dist.all_reduce(buf, group=comm_group)
+    thread.join()
+    return {
+        "batch_size": args.batch_size,
+        "step_alone_s": alone,
+        "step_under_comm_s": shared,
+        "compute_speed_under_comm": alone / shared,
+        "allreduces_during": mine,
     }
 
 
@@ -284,13 +349,18 @@ def run_worker(args: argparse.Namespace) -> None:
 
     if not args.task or not args.result:
         raise ValueError("--worker needs --task and --result")
-    if args.task != "allreduce" and not args.strategy:
+    if args.task not in ("allreduce", "contention") and not args.strategy:
         raise ValueError(f"--task {args.task} needs --strategy")
     if args.warmup < 1 or args.steps < 1:
         raise ValueError(f"--warmup and --steps must be >= 1, got {args.warmup} and {args.steps}")
     torch.set_num_threads(1)
     rank, world = rank_and_world()
-    task = {"allreduce": task_allreduce, "throughput": task_throughput, "digits": task_digits}[args.task]
+    task = {
+        "allreduce": task_allreduce,
+        "throughput": task_throughput,
+        "digits": task_digits,
+        "contention": task_contention,
+    }[args.task]
     result = task(args)
     result.update(task=args.task, strategy=args.strategy, rank=rank, world_size=world, versions=versions())
     Path(f"{args.result}.rank{rank}.json").write_text(json.dumps(result, indent=1))
