@@ -122,3 +122,28 @@ def compressed_average(compression: str) -> dict[str, Any]:
         "one_off": one_off,
         "weighted_residual": hook.compressor.residuals["w/0"],
     }
+
+
+def own_group_does_not_block_default_group() -> dict[str, Any]:
+    """Rank 0 launches an average, then joins a broadcast on the default group; rank 1 joins the
+    broadcast first and launches its half of the average only afterwards. On the hook's own group
+    this completes; had the average been on the default group, rank 0's broadcast would have queued
+    behind it and the two ranks would wait for each other forever (gloo runs a group's collectives
+    in order, which is exactly what Lightning's per-batch SIGTERM broadcast runs into)."""
+    from datetime import timedelta
+
+    dist.init_process_group("gloo", timeout=timedelta(seconds=60))
+    rank = dist.get_rank()
+    hook = AllReduceHook()
+    group = dist.new_group(backend="gloo")
+    hook.set_group(group)
+    flag = torch.tensor([rank + 10])
+    if rank == 0:
+        pending = hook.launch([torch.full((4,), 1.0)])
+        dist.broadcast(flag, src=1)
+    else:
+        dist.broadcast(flag, src=1)
+        pending = hook.launch([torch.full((4,), 3.0)])
+    mean = pending.wait()[0]
+    dist.destroy_process_group()
+    return {"mean": mean, "flag": int(flag.item())}

@@ -59,3 +59,10 @@ def test_gradient_hook_launches_mean_returns_local_grad_and_survives_rebuild(com
             residuals = res["state"]["compressor"]["residuals"]
             assert sorted(residuals) == [f"grad/{i}" for i in range(6)], "error feedback is keyed by parameter"
             assert any(bool(r.abs().max() > 0) for r in residuals.values())
+
+
+def test_an_average_on_the_hooks_group_does_not_block_the_default_group() -> None:
+    results = run_ranks("tests.comm.comm_worker:own_group_does_not_block_default_group", timeout=120)
+    for res in results:
+        assert torch.equal(res["mean"], torch.full((4,), 2.0))
+        assert res["flag"] == 11
