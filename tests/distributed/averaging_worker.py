@@ -11,7 +11,7 @@ import torch.distributed as dist
 
 from lightning_delayed import CoCoDSGDStrategy, DaSGDStrategy, LocalSGDStrategy, OverlapLocalSGDStrategy
 from lightning_delayed.strategies.averaging import AveragingStrategy
-from tests.helpers.models import RegressionModule, trainer
+from tests.helpers.models import RegressionModule, SaveAt, trainer
 from tests.helpers.reference import full_state, reference_averaging
 
 CLASSES: dict[str, type[AveragingStrategy]] = {
@@ -107,22 +107,13 @@ def exactness(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return results
 
 
-class _SaveAt(L.Callback):
-    def __init__(self, step: int, path: str) -> None:
-        self.step, self.path = step, path
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.global_step == self.step:
-            trainer.save_checkpoint(self.path)
-
-
 def resume(cases: list[dict[str, Any]], tmp: str, save_step: int) -> list[dict[str, Any]]:
     """Per case: uninterrupted run vs. (run to the checkpoint at ``save_step``, then resume to the end)."""
     out = []
     for i, case in enumerate(cases):
         path = str(Path(tmp) / f"averaging{i}.ckpt")
         straight = fit(case)
-        fit(case, callbacks=[_SaveAt(save_step, path)])
+        fit(case, callbacks=[SaveAt(save_step, path)])
         resumed = fit(case, ckpt_path=path)
         saved = torch.load(path, weights_only=False)
         out.append({"straight": straight["final"], "resumed": resumed["final"], "checkpoint": saved})

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 
 from lightning_delayed import ODSGDStrategy
-from tests.helpers.models import Recorder, RegressionModule, params_of, trainer
+from tests.helpers.models import Recorder, RegressionModule, SaveAt, params_of, trainer
 from tests.helpers.reference import reference_odsgd
 
 
@@ -47,20 +46,11 @@ def exactness(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return results
 
 
-class _SaveAt(L.Callback):
-    def __init__(self, step: int, path: str) -> None:
-        self.step, self.path = step, path
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.global_step == self.step:
-            trainer.save_checkpoint(self.path)
-
-
 def resume(case: dict[str, Any], tmp: str, save_step: int) -> dict[str, Any]:
     """Uninterrupted run vs. (run to the checkpoint at ``save_step``, then resume to the end)."""
     path = str(Path(tmp) / "odsgd.ckpt")
     straight = fit_odsgd(case)
-    fit_odsgd(case, callbacks=[_SaveAt(save_step, path)])
+    fit_odsgd(case, callbacks=[SaveAt(save_step, path)])
     resumed = fit_odsgd(case, ckpt_path=path)
     saved = torch.load(path, weights_only=True)
     return {"straight": straight["final"], "resumed": resumed["final"], "checkpoint": saved}

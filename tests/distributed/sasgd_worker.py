@@ -12,7 +12,7 @@ from lightning.pytorch.loggers import Logger
 
 from lightning_delayed import SASGDStrategy
 from lightning_delayed.strategies.sasgd import ASGDStrategy
-from tests.helpers.models import RegressionModule, params_of, rank, trainer
+from tests.helpers.models import RegressionModule, SaveAt, params_of, rank, trainer
 
 
 class SlowRank(RegressionModule):
@@ -91,17 +91,6 @@ def asynchrony(slow_rank: int, delay: float, steps: int, aware: bool, softsync: 
         "final_metrics": logger.metrics[-1] if logger.metrics else {},
         "worker_steps": strategy.worker.step if strategy.worker else -1,
     }
-
-
-class SaveAt(L.Callback):
-    """Saves a checkpoint on every rank (a matched collective) after ``step`` optimizer steps."""
-
-    def __init__(self, step: int, path: str) -> None:
-        self.step, self.path = step, path
-
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
-        if trainer.global_step == self.step:
-            trainer.save_checkpoint(self.path)
 
 
 def resume(

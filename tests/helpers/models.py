@@ -110,6 +110,17 @@ class Recorder(L.Callback):
         self.consensus.append(None if global_params is None else [t.clone() for t in global_params])
 
 
+class SaveAt(L.Callback):
+    """Saves a checkpoint on every rank (a matched collective) after optimizer step ``step``."""
+
+    def __init__(self, step: int, path: str) -> None:
+        self.step, self.path = step, path
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step == self.step:
+            trainer.save_checkpoint(self.path)
+
+
 def trainer(strategy: Any, **kwargs: Any) -> L.Trainer:
     defaults: dict[str, Any] = dict(
         accelerator="cpu",
