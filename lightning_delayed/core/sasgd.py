@@ -416,10 +416,9 @@ class SASGDWorker(DelayedAlgorithm):
         self._adopt(*self.link.pull())
 
     def after_optimizer_step(self) -> None:
-        grads = [
-            torch.zeros(p.shape, dtype=p.dtype) if p.grad is None else p.grad.detach().to("cpu", copy=True)
-            for p in self.params
-        ]
+        # No copy of the gradient here: the push is synchronous (RPC serializes it, the in-process
+        # server accumulates it under its lock) and returns before anything overwrites p.grad.
+        grads = [torch.zeros(p.shape, dtype=p.dtype) if p.grad is None else p.grad.detach().cpu() for p in self.params]
         if self.compressor is not None:
             grads = [self.compressor.compress(g, key=f"grad{i}") for i, g in enumerate(grads)]
         record, theta, version, lrs = self.link.push(grads, self.version)
