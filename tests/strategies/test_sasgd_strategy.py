@@ -96,9 +96,7 @@ def test_one_worker_is_plain_sgd_validates_on_theta_and_ends_holding_it() -> Non
     module = RegressionModule(n_batches=4, opt=opt)
     strategy = SASGDStrategy()
     seen = ValidationSeesServer()
-    trainer(strategy, devices=1, max_epochs=2, callbacks=[seen], limit_val_batches=1, val_check_interval=2).fit(
-        module
-    )
+    trainer(strategy, devices=1, max_epochs=2, callbacks=[seen], limit_val_batches=1, val_check_interval=2).fit(module)
     assert seen.checked == 4
     server = strategy.server
     assert server is not None and server.version == 8 and dict(server.staleness_counts) == {0: 8}
