@@ -54,9 +54,41 @@ class SlottedPending:
                 result[slot] = tensor
         missing = [i for i, t in enumerate(result) if t is None]
         if missing:
-            raise RuntimeError(f"no gradient average was launched for parameters {missing}: a bucket was never reduced")
+            raise RuntimeError(
+                f"no gradient average was launched for the parameters at positions {missing}: DDP never reduced "
+                f"their bucket. {_UNUSED_CAUSE}"
+            )
         self._result = [t for t in result if t is not None]
         return self._result
+
+
+_UNUSED_CAUSE = (
+    "DDP reduces a gradient bucket only once every parameter in it has a gradient, so this happens when some "
+    "trainable parameters were not used to compute the loss. If that is intentional, pass "
+    "find_unused_parameters=True to the strategy (for example ODSGDStrategy(find_unused_parameters=True)); "
+    "otherwise remove the unused parameters from the module or freeze them (requires_grad=False)."
+)
+
+
+def no_launch_error(who: str, params: Sequence[Tensor]) -> RuntimeError:
+    """The error for a backward that launched no gradient average, naming its likely cause.
+
+    Args:
+        who: the algorithm, as the message should name it ("OD-SGD").
+        params: the parameters whose gradients the hook should have averaged, in slot order.
+    """
+    missing = [i for i, p in enumerate(params) if p.grad is None]
+    if missing:
+        shapes = [tuple(params[i].shape) for i in missing]
+        return RuntimeError(
+            f"{who} found no gradient average launched during this step's backward: the trainable parameters at "
+            f"positions {missing} (shapes {shapes}) of the module got no gradient. {_UNUSED_CAUSE}"
+        )
+    return RuntimeError(
+        f"{who} found no gradient average launched during this step's backward although every parameter has a "
+        "gradient: the DDP communication hook is not attached, or backward did not run through "
+        "DistributedDataParallel"
+    )
 
 
 class DDPGradientHook:

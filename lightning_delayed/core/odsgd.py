@@ -15,7 +15,9 @@ of step :math:`k` is consumed at step :math:`k+1`, so it overlaps a whole step o
 
 For :math:`k < T_0` (warm-up) it is plain synchronous SGD with :math:`w = W`. At the end of
 training the last pending mean is applied, :math:`W \leftarrow \mathrm{opt.step}(W, \bar g)` and
-:math:`w \leftarrow W`.
+:math:`w \leftarrow W`. With gradient clipping, :math:`g_k` in the local step and the last
+:math:`\bar g` are clipped by the same rule as the gradient the optimizer steps with
+(``docs/algorithms/odsgd.md``).
 
 Implementation note: :math:`W` is stepped by swapping its storage into the module's parameters
 (``p.data = W_i``) around the user's ``optimizer.step()``, so the optimizer's state stays keyed by
@@ -25,7 +27,7 @@ the module's parameters and no weight is copied on the hot path.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +36,7 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_delayed.comm.buckets import Completed, Pending
+from lightning_delayed.comm.hooks import no_launch_error
 from lightning_delayed.core.base import (
     DelayedAlgorithm,
     GradientCommunicator,
@@ -91,6 +94,11 @@ class ODSGD(DelayedAlgorithm):
         params: the module's trainable parameters, in a fixed order.
         optimizer: the user's optimizer; it steps the global weights ``W``.
         grad_comm: the gradient communication (see :class:`GradientCommunicator`).
+        clip_grads: the user's gradient clipping, or ``None`` for none: clips, in place, the gradients
+            held in ``p.grad`` of ``params`` (the strategy passes Lightning's, with the Trainer's
+            ``gradient_clip_val`` and ``gradient_clip_algorithm``). It is applied to the own gradient
+            before the local step and to the last mean before the end-of-training step; the
+            optimizer's gradient at every other step is clipped by whoever drives the loop.
     """
 
     def __init__(
@@ -99,14 +107,18 @@ class ODSGD(DelayedAlgorithm):
         params: Sequence[Tensor],
         optimizer: Optimizer,
         grad_comm: GradientCommunicator,
+        clip_grads: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         self.config = config
         self.params = list(params)
         self.optimizer = optimizer
         self.grad_comm = grad_comm
+        self.clip_grads = clip_grads
         self.global_params: list[Tensor] | None = None  # W; None while the module itself holds W
-        self.prev_global_params: list[Tensor] | None = None  # W_prev, kept only when dc_lambda > 0
+        # W_prev (only when dc_lambda > 0): scratch space of one step, rewritten before every read, so
+        # never checkpointed; kept between steps only to reuse its memory.
+        self.prev_global_params: list[Tensor] | None = None
         self.pending: Pending | None = None  # mean(g) launched at step k-1
         self._local_grads: list[Tensor | None] = []
         self._local_data: list[Tensor] = []
@@ -116,19 +128,25 @@ class ODSGD(DelayedAlgorithm):
     def delayed(self) -> bool:
         return self.step >= self.config.warmup_steps
 
+    @property
+    def skips_optimizer_step(self) -> bool:
+        """Whether the coming step leaves ``W`` and the optimizer alone (k = T0: no mean is pending yet)."""
+        return self.delayed and self.pending is None
+
     def before_optimizer_step(self) -> None:
         launched = self.grad_comm.take_launched()
         if launched is None:
-            raise RuntimeError(
-                "OD-SGD found no gradient all-reduce launched during this step's backward: the DDP "
-                "communication hook is not attached or backward did not run"
-            )
+            raise no_launch_error("OD-SGD", self.params)
         if not self.delayed:
             # Warm-up: plain synchronous SGD; the module holds W and steps with this step's mean.
             set_grads_(self.params, launched.wait())
             return
         if self.global_params is None:  # first delayed step: W = x
             self.global_params = clone_all(self.params)
+        if self.clip_grads is not None and any(p.grad is not None for p in self.params):
+            # The own gradient went out unclipped (the hook sends it during backward, before any
+            # clipping); the local step takes it clipped, like the gradient the optimizer steps W with.
+            self.clip_grads()
         previous, self.pending = self.pending, launched
         self._local_grads = [p.grad for p in self.params]
         self._updated = previous is not None
@@ -185,6 +203,8 @@ class ODSGD(DelayedAlgorithm):
             p.data = global_w
             p.grad = None if mean_grads is None else mean_grads[i]
         if mean_grads is not None:
+            if self.clip_grads is not None:
+                self.clip_grads()  # this step runs outside the training loop, so nothing else clips it
             self.optimizer.step()
         for p in self.params:
             p.grad = None
@@ -210,7 +230,6 @@ class ODSGD(DelayedAlgorithm):
         return {
             "step": self.step,
             "global_params": None if self.global_params is None else clone_all(self.global_params),
-            "prev_global_params": None if self.prev_global_params is None else clone_all(self.prev_global_params),
             # Waiting here only receives the mean early; it is applied at the same step as always.
             "pending_mean_grads": None if self.pending is None else clone_all(self.pending.wait()),
         }
@@ -229,7 +248,9 @@ class ODSGD(DelayedAlgorithm):
             return [t.to(device=p.device, dtype=p.dtype) for t, p in zip(tensors, self.params, strict=True)]
 
         self.global_params = to_params(state["global_params"])
-        self.prev_global_params = to_params(state["prev_global_params"])
+        # Checkpoints written before W_prev was dropped from them still hold it; it would be
+        # overwritten before being read, so it is ignored.
+        self.prev_global_params = None
         pending = to_params(state["pending_mean_grads"])
         self.pending = None if pending is None else Completed(pending)
         local = to_params(local_state.get("local_params"))

@@ -5,10 +5,12 @@ See :mod:`lightning_delayed.core.odsgd` for the rule and ``docs/algorithms/odsgd
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
@@ -34,10 +36,13 @@ class ODSGDStrategy(DelayedStrategy):
             (``compression``, ``comm_hook``, ``bucket_cap_mb``, ``check_finite``, ``process_group_backend``,
             DDP arguments...).
 
-    Choices ALGORITHMS.md leaves open:
-        * Gradient clipping (``Trainer(gradient_clip_val=...)``) clips the gradient the optimizer
-          steps ``W`` with (the delayed mean); the local step uses the unclipped own gradient,
-          which was already sent when clipping could run.
+    Choices the rule leaves open (``docs/algorithms/odsgd.md``):
+        * Gradient clipping (``Trainer(gradient_clip_val=..., gradient_clip_algorithm=...)``, or the
+          module's ``configure_gradient_clipping``) clips every gradient that moves a weight: the
+          delayed mean the optimizer steps ``W`` with, the own gradient of the local step (sent
+          unclipped, clipped before the step) and the last mean of the end-of-training step.
+        * At k = T0 nothing is pending: the optimizer's ``step()`` runs without any gradient (a
+          no-op) and Lightning's ``on_before_optimizer_step`` hooks and clipping are not called.
         * ``precision="16-mixed"`` is refused (its loss scale changes between steps).
         * The checkpoint's ``state_dict`` is ``W``; each rank's ``w`` is in the algorithm state.
         * With ``compression``, the gradient means (warm-up and delayed) are of the compressed
@@ -68,4 +73,45 @@ class ODSGDStrategy(DelayedStrategy):
     def build_algorithm(self, params: Sequence[Tensor], optimizer: Optimizer) -> DelayedAlgorithm:
         if self.ddp_hook is None:
             raise RuntimeError("ODSGDStrategy: the DDP communication hook was not registered before set-up")
-        return ODSGD(self.config, params, optimizer, self.ddp_hook)
+        return ODSGD(self.config, params, optimizer, self.ddp_hook, clip_grads=self._gradient_clipping(optimizer))
+
+    def _gradient_clipping(self, optimizer: Optimizer) -> Callable[[], None] | None:
+        """Lightning's clipping of ``p.grad``, exactly as it runs before every optimizer step; ``None`` if it is off."""
+        module = self.lightning_module
+        assert module is not None
+        trainer = module.trainer
+        if not trainer.gradient_clip_val and not is_overridden("configure_gradient_clipping", module):
+            return None
+
+        def clip() -> None:
+            # The hook Lightning calls, with the arguments it passes (Precision._clip_gradients).
+            module.configure_gradient_clipping(
+                optimizer,
+                gradient_clip_val=trainer.gradient_clip_val,
+                gradient_clip_algorithm=trainer.gradient_clip_algorithm,
+            )
+
+        return clip
+
+    @override
+    def optimizer_step(
+        self,
+        optimizer: Optimizer,
+        closure: Callable[[], Any],
+        model: pl.LightningModule | torch.nn.Module | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        algorithm = self.algorithm
+        if not (isinstance(algorithm, ODSGD) and algorithm.skips_optimizer_step):
+            return super().optimizer_step(optimizer, closure, model, **kwargs)
+        # k = T0: no mean is pending, so W and the optimizer must not move and no gradient is left
+        # for the optimizer. Lightning's pre-step hooks and clipping are skipped: they would see
+        # no gradient at all, and torch's clip_grad_value_ fails on an empty gradient list.
+        with torch.enable_grad():  # as inside optimizer.step()
+            result = closure()
+        algorithm.before_optimizer_step()
+        # A step without gradients changes nothing; it keeps the optimizer's step counters (which
+        # the LR scheduler checks) as in every other step.
+        output = optimizer.step(closure=lambda: result, **kwargs)
+        algorithm.after_optimizer_step()
+        return output
