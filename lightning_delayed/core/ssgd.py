@@ -4,40 +4,76 @@ This is DDP. It has no state beyond the step counter; it exists so that every be
 example can switch between all algorithms with one argument. With a custom communication hook
 or wire compression, the mean comes from a
 :class:`~lightning_delayed.core.base.GradientCommunicator` (the DDP hook launches it during
-backward; it is waited for right after backward, before the optimizer step).
+backward; it is waited for right after backward, before the optimizer step). Without one, DDP's
+own reduction averages ``p.grad`` and, with ``check_finite``, the average is checked here
+(``docs/algorithms/ssgd.md``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
+import torch
 from torch import Tensor
+from torch.nn.utils import get_total_norm
 
+from lightning_delayed.comm.buckets import NonFiniteReductionError
+from lightning_delayed.comm.hooks import no_launch_error
 from lightning_delayed.core.base import DelayedAlgorithm, GradientCommunicator, set_grads_
+
+
+def check_finite_grads(params: Sequence[Tensor]) -> None:
+    """Raise :class:`NonFiniteReductionError` if any ``p.grad`` holds NaN or Inf.
+
+    One fused pass over the gradients (a multi-tensor max-abs norm per device and dtype, which is
+    NaN or Inf exactly when an element is, and cannot overflow like the 2-norm), and one host
+    sync to read the answer.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    with torch.no_grad():
+        largest = get_total_norm(grads, norm_type=math.inf)
+    if not bool(torch.isfinite(largest)):
+        raise NonFiniteReductionError(
+            "the all-reduced average of the gradients contains NaN or Inf: at least one rank produced a "
+            "non-finite gradient. Lower the learning rate, enable gradient clipping "
+            "(Trainer(gradient_clip_val=...)), or find the rank that diverged; pass check_finite=False to the "
+            "strategy to skip this check."
+        )
 
 
 class SynchronousSGD(DelayedAlgorithm):
     """Counts optimizer steps; the gradient average is DDP's own, or ``grad_comm``'s when given.
 
     Args:
-        params: the module's trainable parameters (needed with ``grad_comm``).
+        params: the module's trainable parameters (needed with ``grad_comm`` or ``check_finite``).
         grad_comm: the gradient communication; ``None`` when DDP's own reduction averages ``p.grad``.
+        check_finite: with ``grad_comm=None``, raise :class:`NonFiniteReductionError` when DDP's
+            average holds NaN or Inf. The average is the same on every rank, so every rank raises
+            at the same step. (A ``grad_comm`` checks its own averages.)
     """
 
-    def __init__(self, params: Sequence[Tensor] = (), grad_comm: GradientCommunicator | None = None) -> None:
+    def __init__(
+        self,
+        params: Sequence[Tensor] = (),
+        grad_comm: GradientCommunicator | None = None,
+        check_finite: bool = False,
+    ) -> None:
         super().__init__()
         self.params = list(params)
         self.grad_comm = grad_comm
+        self.check_finite = check_finite
 
     def before_optimizer_step(self) -> None:
         if self.grad_comm is None:
+            if self.check_finite:
+                check_finite_grads(self.params)
             return
         launched = self.grad_comm.take_launched()
         if launched is None:
-            raise RuntimeError(
-                "synchronous SGD found no gradient average launched during this step's backward: the DDP "
-                "communication hook is not attached or backward did not run"
-            )
+            raise no_launch_error("synchronous SGD", self.params)
         set_grads_(self.params, launched.wait())
 
     def after_optimizer_step(self) -> None:

@@ -35,5 +35,6 @@ class SSGDStrategy(DelayedStrategy):
     @override
     def build_algorithm(self, params: Sequence[Tensor], optimizer: Optimizer) -> DelayedAlgorithm:
         if self.ddp_hook is None:
-            return SynchronousSGD()
+            # DDP's own C++ reduction: nothing checks its average but this.
+            return SynchronousSGD(params, check_finite=self.check_finite)
         return SynchronousSGD(params, self.ddp_hook)
