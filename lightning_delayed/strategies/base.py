@@ -39,6 +39,7 @@ from lightning_delayed.comm.communicator import AllReduceHook, CommHook
 from lightning_delayed.comm.compression import CompressedHook, Compression, check_compression
 from lightning_delayed.comm.hooks import DDPGradientHook
 from lightning_delayed.core.base import DelayedAlgorithm
+from lightning_delayed.strategies.finite import refuse_non_finite_checkpoint
 
 CHECKPOINT_KEY = "lightning_delayed"
 SUPPORTED_BACKENDS = ("gloo", "nccl")
@@ -319,6 +320,10 @@ class DelayedStrategy(DDPStrategy):
         # Called on every rank (Trainer.save_checkpoint), so the gather below is a matched collective.
         if self.algorithm is not None:
             checkpoint[CHECKPOINT_KEY] = self._algorithm_checkpoint()
+        # Also a matched collective: every rank refuses together, before anything is written.
+        assert self.lightning_module is not None
+        param_names = {name for name, _ in self.lightning_module.named_parameters(remove_duplicate=False)}
+        refuse_non_finite_checkpoint(checkpoint, param_names, CHECKPOINT_KEY, filepath, self.global_rank)
         super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
 
     def _algorithm_checkpoint(self) -> dict[str, Any]:

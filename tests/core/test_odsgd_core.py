@@ -142,7 +142,12 @@ def test_first_delayed_step_does_not_touch_W_or_optimizer() -> None:
 
 
 def test_consensus_swaps_W_in_and_restores_w() -> None:
-    assert run_package(ODSGDConfig(), 1, steps=0)  # smoke: zero steps, finish() without state
+    # Zero steps: finish() without any state leaves the initial weights untouched.
+    untouched = run_package(ODSGDConfig(), 1, steps=0)[0]
+    initial = list(make_replica().parameters())
+    assert len(untouched) == len(initial) == 4
+    for a, b in zip(untouched, initial, strict=True):
+        assert torch.equal(a, b.detach())
     group = FakeGroup(1)
     model = make_replica()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -194,6 +199,41 @@ def test_state_dict_round_trip_continues_identically() -> None:
         assert torch.equal(p, q)
 
 
+def test_W_prev_is_not_checkpointed_and_an_old_one_is_never_read() -> None:
+    """W_prev is rewritten before every read, so it is not in the checkpoint; an old checkpoint's is ignored."""
+
+    def make() -> tuple[nn.Module, torch.optim.Optimizer, FakeGradComm, ODSGD]:
+        model = make_replica()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        comm = FakeGradComm(FakeGroup(1), 0)
+        return model, opt, comm, ODSGD(ODSGDConfig(dc_lambda=0.7), list(model.parameters()), opt, comm)
+
+    def step(model: nn.Module, opt: torch.optim.Optimizer, comm: FakeGradComm, algo: ODSGD, k: int) -> None:
+        comm.backward_done(grads_of(model, 0, k))
+        algo.before_optimizer_step()
+        opt.step()
+        algo.after_optimizer_step()
+
+    m1, o1, c1, a1 = make()
+    for k in range(3):
+        step(m1, o1, c1, a1, k)
+    assert a1.prev_global_params is not None  # dc_lambda > 0 and the global update ran: W_prev exists
+    state, local, opt_state = a1.state_dict(), a1.local_state_dict(), copy.deepcopy(o1.state_dict())
+    assert "prev_global_params" not in state
+    # A checkpoint written before W_prev was dropped, holding a W_prev that would poison the DC term if read.
+    old_format = {**state, "prev_global_params": [torch.full_like(p, float("nan")) for p in m1.parameters()]}
+    m2, o2, c2, a2 = make()
+    o2.load_state_dict(opt_state)
+    a2.load_state_dict(old_format, local)
+    for k in range(3, 6):
+        step(m1, o1, c1, a1, k)
+        step(m2, o2, c2, a2, k)
+    a1.finish()
+    a2.finish()
+    for p, q in zip(m1.parameters(), m2.parameters(), strict=True):
+        assert torch.equal(p, q)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
@@ -215,5 +255,20 @@ def test_missing_launch_is_a_clear_error() -> None:
     model = make_replica()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     algo = ODSGD(ODSGDConfig(), list(model.parameters()), opt, FakeGradComm(FakeGroup(1), 0))
-    with pytest.raises(RuntimeError, match="no gradient all-reduce launched"):
+    grads_of(model, 0, 0)  # every parameter has a gradient, yet nothing was launched
+    with pytest.raises(RuntimeError, match=r"no gradient average launched .* communication hook is not attached"):
         algo.before_optimizer_step()
+
+
+def test_missing_launch_with_a_parameter_without_gradient_names_unused_parameters() -> None:
+    model = make_replica()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    algo = ODSGD(ODSGDConfig(), list(model.parameters()), opt, FakeGradComm(FakeGroup(1), 0))
+    grads_of(model, 0, 0)
+    model[2].bias.grad = None  # as DDP leaves a parameter the loss did not use
+    with pytest.raises(RuntimeError) as error:
+        algo.before_optimizer_step()
+    message = str(error.value)
+    assert "positions [3] (shapes [(2,)])" in message
+    assert "not used to compute the loss" in message
+    assert "find_unused_parameters=True" in message and "remove the unused parameters" in message

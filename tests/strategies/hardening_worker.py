@@ -86,13 +86,14 @@ class NaNOnRank(RegressionModule):
 
 
 def nan_loss(strategy: str, kwargs: dict[str, Any], nan_step: int, ckpt_dir: str | None = None) -> None:
-    """Fit until rank 1's loss turns NaN at ``nan_step``; the error ends the run (checked by the test)."""
+    """Fit until rank 1's loss turns NaN at ``nan_step``; the error ends the run (the test reads the logs).
+
+    With ``ckpt_dir``, ``last.ckpt`` is saved there after every step.
+    """
     module = NaNOnRank(1, nan_step, n_batches=20, opt={"kind": "sgd", "lr": 0.01, "momentum": 0.9})
     callbacks: list[L.Callback] = []
     if ckpt_dir is not None:
         callbacks.append(ModelCheckpoint(dirpath=ckpt_dir, save_last=True, every_n_train_steps=1, save_top_k=0))
-    t = trainer(
-        CLASSES[strategy](**kwargs), max_epochs=1, callbacks=callbacks, enable_checkpointing=ckpt_dir is not None
-    )
-    t.fit(module)
+    strategy_object = CLASSES[strategy](**kwargs)
+    trainer(strategy_object, max_epochs=1, callbacks=callbacks, enable_checkpointing=ckpt_dir is not None).fit(module)
     torch.save("finished", os.path.join(os.environ["LD_TEST_TMP"], f"finished{rank()}"))
