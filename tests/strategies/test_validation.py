@@ -53,7 +53,12 @@ def _common(cls: type) -> list[Row]:
         (cls, {"find_unused_parameter": True}, TypeError, "did you mean 'find_unused_parameters'?"),
         (cls, {"gradient_as_bucket_vew": True}, TypeError, "did you mean 'gradient_as_bucket_view'?"),
         (cls, {"compresion": "fp16"}, TypeError, "did you mean 'compression'?"),
-        (cls, {"no_such_argument": 1}, TypeError, f"{cls.__name__} got an unexpected keyword argument 'no_such_argument'."),
+        (
+            cls,
+            {"no_such_argument": 1},
+            TypeError,
+            f"{cls.__name__} got an unexpected keyword argument 'no_such_argument'. ",
+        ),
         (cls, {"device_ids": [0]}, TypeError, "Lightning sets it from Trainer(devices=...)"),
     ]
     if cls in DDP_WRAPPED:
