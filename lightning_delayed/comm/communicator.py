@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from math import inf
 from typing import Any
 
 import torch.distributed as dist
@@ -112,8 +113,12 @@ class AllReduceHook(CommHook):
     """
 
     def __init__(self, bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB, check_finite: bool = True) -> None:
-        if isinstance(bucket_cap_mb, bool) or not isinstance(bucket_cap_mb, (int, float)) or bucket_cap_mb <= 0:
-            raise ValueError(f"bucket_cap_mb must be a number of MiB > 0, got {bucket_cap_mb!r}")
+        # `not 0 < x < inf` also refuses NaN, which would otherwise fail at the first launch.
+        number = isinstance(bucket_cap_mb, (int, float)) and not isinstance(bucket_cap_mb, bool)
+        if not number or not 0 < bucket_cap_mb < inf:
+            raise ValueError(
+                f"bucket_cap_mb must be a number of MiB > 0, got {bucket_cap_mb!r} (NaN and infinity are refused)"
+            )
         if not isinstance(check_finite, bool):
             raise ValueError(f"check_finite must be True or False, got {check_finite!r}")
         self.bucket_cap_mb = float(bucket_cap_mb)

@@ -45,6 +45,7 @@ from lightning_delayed.core.base import (
     param_lrs,
     set_grads_,
 )
+from lightning_delayed.core.checks import check_real, non_negative, positive
 
 
 @dataclass(frozen=True)
@@ -63,14 +64,9 @@ class ODSGDConfig:
     warmup_steps: int = 0
 
     def __post_init__(self) -> None:
-        if self.local_lr is not None and (
-            isinstance(self.local_lr, bool) or not isinstance(self.local_lr, (int, float)) or self.local_lr <= 0
-        ):
-            raise ValueError(
-                f"local_lr must be None (use the optimizer's current LR) or a number > 0, got {self.local_lr!r}"
-            )
-        if isinstance(self.dc_lambda, bool) or not isinstance(self.dc_lambda, (int, float)) or self.dc_lambda < 0:
-            raise ValueError(f"dc_lambda must be a number >= 0 (0 disables delay compensation), got {self.dc_lambda!r}")
+        if self.local_lr is not None:
+            check_real("local_lr", self.local_lr, "None (use the optimizer's current LR) or a number > 0", positive)
+        check_real("dc_lambda", self.dc_lambda, "a number >= 0 (0 disables delay compensation)", non_negative)
         if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
 

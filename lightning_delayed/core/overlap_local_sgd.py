@@ -38,6 +38,7 @@ from lightning_delayed.core.averaging import (
     pull_back_,
 )
 from lightning_delayed.core.base import clone_all
+from lightning_delayed.core.checks import check_real, non_negative
 
 
 @dataclass(frozen=True)
@@ -58,14 +59,8 @@ class OverlapLocalSGDConfig:
 
     def __post_init__(self) -> None:
         check_sync_every(self.sync_every)
-        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha <= 1:
-            raise ValueError(f"alpha must be a number in (0, 1], got {self.alpha!r}")
-        if (
-            isinstance(self.outer_momentum, bool)
-            or not isinstance(self.outer_momentum, (int, float))
-            or self.outer_momentum < 0
-        ):
-            raise ValueError(f"outer_momentum (beta) must be a number >= 0 (0: none), got {self.outer_momentum!r}")
+        check_real("alpha", self.alpha, "a number in (0, 1]", lambda a: 0 < a <= 1)
+        check_real("outer_momentum (beta)", self.outer_momentum, "a number >= 0 (0: none)", non_negative)
         check_average_buffers(self.average_buffers)
 
 

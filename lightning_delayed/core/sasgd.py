@@ -46,6 +46,10 @@ from lightning_delayed.comm.compression import Compressor
 from lightning_delayed.comm.parameter_server import WorkerLostError
 from lightning_delayed.comm.stats import record_staleness
 from lightning_delayed.core.base import DelayedAlgorithm, clone_all, copy_all_
+from lightning_delayed.core.checks import check_real, positive
+
+MIN_WORKER_TIMEOUT_S = 1.0
+"""The smallest ``worker_timeout`` accepted (seconds); heartbeats are sent every ``min(1 s, worker_timeout / 10)``."""
 
 
 @dataclass(frozen=True)
@@ -69,10 +73,14 @@ class SASGDConfig:
             raise ValueError(f"softsync must be an integer n with 1 <= n <= N (or None for N), got {self.softsync!r}")
         if not isinstance(self.staleness_aware, bool):
             raise TypeError(f"staleness_aware must be True or False, got {self.staleness_aware!r}")
-        if isinstance(self.worker_timeout, bool) or not isinstance(self.worker_timeout, (int, float)):
-            raise TypeError(f"worker_timeout must be a number of seconds, got {self.worker_timeout!r}")
-        if self.worker_timeout <= 0:
-            raise ValueError(f"worker_timeout must be > 0 seconds, got {self.worker_timeout!r}")
+        check_real("worker_timeout", self.worker_timeout, "> 0 seconds", positive)
+        if self.worker_timeout < MIN_WORKER_TIMEOUT_S:
+            raise ValueError(
+                f"worker_timeout={self.worker_timeout!r} s is below the minimum of {MIN_WORKER_TIMEOUT_S:g} s: a "
+                "worker counts as lost when the server has not heard from it for worker_timeout seconds, and one "
+                "heartbeat delayed by a busy host, a garbage-collection pause or checkpoint I/O would then stop a "
+                "healthy job. Use worker_timeout >= 1 (default 60)."
+            )
 
     def gradients_per_update(self, world_size: int) -> int:
         """``c = max(1, N // n)``; raises if ``softsync`` exceeds the number of workers."""

@@ -145,6 +145,12 @@ class CoCoDSGDStrategy(_DelayedAveragingStrategy):
     def __init__(
         self, sync_every: int = 4, weighting: str = "uniform", average_buffers: bool = True, **kwargs: Any
     ) -> None:
+        if "delay" in kwargs:
+            raise TypeError(
+                f"CoCoDSGDStrategy fixes delay = sync_every (each average is merged at the next synchronisation "
+                f"point), so it takes no delay argument, got delay={kwargs['delay']!r}. Remove it, or use "
+                "DaSGDStrategy(sync_every=..., delay=...) for a shorter delay."
+            )
         self.config = cocodsgd_config(sync_every=sync_every, weighting=weighting, average_buffers=average_buffers)
         super().__init__(**kwargs)
 

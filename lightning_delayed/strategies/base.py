@@ -39,6 +39,8 @@ from lightning_delayed.comm.communicator import AllReduceHook, CommHook
 from lightning_delayed.comm.compression import CompressedHook, Compression, check_compression
 from lightning_delayed.comm.hooks import DDPGradientHook
 from lightning_delayed.core.base import DelayedAlgorithm
+from lightning_delayed.core.checks import check_real, positive
+from lightning_delayed.strategies.checks import check_timeout, refuse_on_every_rank, refuse_unknown_keywords
 from lightning_delayed.strategies.finite import refuse_non_finite_checkpoint
 
 CHECKPOINT_KEY = "lightning_delayed"
@@ -91,8 +93,8 @@ class DelayedStrategy(DDPStrategy):
         start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
         **kwargs: Any,
     ) -> None:
-        if isinstance(bucket_cap_mb, bool) or not isinstance(bucket_cap_mb, (int, float)) or bucket_cap_mb <= 0:
-            raise ValueError(f"bucket_cap_mb must be a number of MiB > 0, got {bucket_cap_mb!r}")
+        check_real("bucket_cap_mb", bucket_cap_mb, "a number of MiB > 0", positive)
+        check_timeout(timeout)
         if not isinstance(check_finite, bool):
             raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
         check_compression(compression)
@@ -124,6 +126,7 @@ class DelayedStrategy(DDPStrategy):
                 "To customise it, pass comm_hook=<a lightning_delayed.CommHook subclass> and/or "
                 "compression='fp16'/'bf16' (see docs/extending.md), or use strategy='ddp'"
             )
+        refuse_unknown_keywords(type(self), kwargs)
         kwargs.setdefault("bucket_cap_mb", bucket_cap_mb)
         super().__init__(
             accelerator=accelerator,
@@ -189,7 +192,18 @@ class DelayedStrategy(DDPStrategy):
         return self.comm_hook is not None or self.compression != "none"
 
     def validate_trainer(self, trainer: pl.Trainer) -> None:
-        """Raise if the trainer uses a setting this algorithm cannot honour (called before step 0)."""
+        """Raise if the trainer uses a setting this algorithm cannot honour (before DDP wraps the module).
+
+        A refusal on any rank is raised on every rank
+        (:func:`~lightning_delayed.strategies.checks.refuse_on_every_rank`).
+        """
+
+    def validate_setup(self) -> None:
+        """Raise if the optimizers or LR schedulers Lightning set up cannot be honoured.
+
+        Called after Lightning's set-up (:attr:`optimizers`, :attr:`lr_scheduler_configs`) and
+        before :meth:`build_algorithm`; a refusal on any rank is raised on every rank.
+        """
 
     # ------------------------------------------------------------------ set-up
 
@@ -211,21 +225,28 @@ class DelayedStrategy(DDPStrategy):
 
     @override
     def setup(self, trainer: pl.Trainer) -> None:
-        if trainer.state.fn == TrainerFn.FITTING:
-            lm = self.lightning_module
-            if lm is not None and not lm.automatic_optimization:
-                raise ValueError(
-                    f"{type(self).__name__} needs automatic optimization: the algorithm runs its rule around "
-                    "the optimizer step Lightning makes. Remove `self.automatic_optimization = False`, "
-                    "or use strategy='ddp' for manual optimization."
-                )
-            self.validate_trainer(trainer)
-            self.communicator = self.build_communicator()
+        fitting = trainer.state.fn == TrainerFn.FITTING
+        if fitting:
+            # A refusal must reach every rank before DDP's first collective, or the others wait for
+            # the refusing rank there (see refuse_on_every_rank).
+            refuse_on_every_rank(lambda: self._prepare_fit(trainer), "set-up")
         super().setup(trainer)
-        if trainer.state.fn != TrainerFn.FITTING:
+        if not fitting:
             return
+        refuse_on_every_rank(self.validate_setup, "set-up")
         # Several optimizers need manual optimization, which is refused above, so there is exactly one.
         self.algorithm = self.build_algorithm(self.trainable_params(), self.optimizers[0])
+
+    def _prepare_fit(self, trainer: pl.Trainer) -> None:
+        lm = self.lightning_module
+        if lm is not None and not lm.automatic_optimization:
+            raise ValueError(
+                f"{type(self).__name__} needs automatic optimization: the algorithm runs its rule around "
+                "the optimizer step Lightning makes. Remove `self.automatic_optimization = False`, "
+                "or use strategy='ddp' for manual optimization."
+            )
+        self.validate_trainer(trainer)
+        self.communicator = self.build_communicator()
 
     def trainable_params(self) -> list[Tensor]:
         assert self.lightning_module is not None

@@ -35,6 +35,7 @@ from lightning_delayed.core.sasgd import (
     server_scheduler,
 )
 from lightning_delayed.strategies.base import DelayedStrategy, refuse_grad_scaler
+from lightning_delayed.strategies.checks import refuse_unknown_keywords
 
 # DelayedStrategy/DDPStrategy arguments that still mean something without a DDP wrapper.
 _KEPT_ARGS = {
@@ -102,6 +103,7 @@ class SASGDStrategy(DelayedStrategy):
         **kwargs: Any,
     ) -> None:
         self.config = SASGDConfig(softsync=softsync, staleness_aware=staleness_aware, worker_timeout=worker_timeout)
+        refuse_unknown_keywords(type(self), set(kwargs) - _KEPT_ARGS - {"bucket_cap_mb", "comm_hook"})
         bucket_cap_mb = kwargs.pop("bucket_cap_mb", DEFAULT_BUCKET_CAP_MB)
         if bucket_cap_mb not in (None, DEFAULT_BUCKET_CAP_MB):
             raise ValueError(
@@ -151,7 +153,7 @@ class SASGDStrategy(DelayedStrategy):
                     dist.broadcast(t, src=ps.SERVER_RANK)
 
     @override
-    def build_algorithm(self, params: Sequence[Tensor], optimizer: Optimizer) -> DelayedAlgorithm:
+    def validate_setup(self) -> None:
         world = dist.get_world_size() if dist.is_initialized() else 1
         self.config.gradients_per_update(world)  # raises on softsync > N before anything starts
         for config in self.lr_scheduler_configs:
@@ -160,6 +162,10 @@ class SASGDStrategy(DelayedStrategy):
                     f"{type(self).__name__} runs the LR schedule on the parameter server, which has no validation "
                     "metric: ReduceLROnPlateau is not supported. Use a step or epoch schedule."
                 )
+
+    @override
+    def build_algorithm(self, params: Sequence[Tensor], optimizer: Optimizer) -> DelayedAlgorithm:
+        world = dist.get_world_size() if dist.is_initialized() else 1
         rank = self.global_rank
         server = None
         if rank == ps.SERVER_RANK:
