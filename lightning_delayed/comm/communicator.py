@@ -21,13 +21,15 @@ give it typed ``__init__`` arguments and LightningCLI can build it from ``class_
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
-from typing import Any
-
-import torch.distributed as dist
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from lightning_delayed.comm.buckets import DEFAULT_BUCKET_CAP_MB, Pending, launch_average
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import torch.distributed as dist
+    from torch import Tensor
 
 
 class CommHook(ABC):

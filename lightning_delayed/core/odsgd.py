@@ -25,13 +25,11 @@ the module's parameters and no weight is copied on the hot path.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from lightning_delayed.comm.buckets import Completed, Pending
 from lightning_delayed.core.base import (
@@ -42,6 +40,11 @@ from lightning_delayed.core.base import (
     param_lrs,
     set_grads_,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from torch.optim import Optimizer
 
 
 @dataclass(frozen=True)

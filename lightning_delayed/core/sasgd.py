@@ -33,19 +33,24 @@ import copy
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
+from lightning_delayed._compat import mark_scheduler_stepped
 from lightning_delayed.comm.buckets import NonFiniteReductionError
-from lightning_delayed.comm.compression import Compressor
 from lightning_delayed.comm.parameter_server import WorkerLostError
 from lightning_delayed.comm.stats import record_staleness
 from lightning_delayed.core.base import DelayedAlgorithm, clone_all, copy_all_
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+    from torch.optim import Optimizer
+
+    from lightning_delayed.comm.compression import Compressor
 
 
 @dataclass(frozen=True)
@@ -354,8 +359,7 @@ def server_scheduler(scheduler: Any, optimizer: Optimizer, rebuilt: Optimizer) -
     copied = copy.deepcopy(scheduler, {id(optimizer): rebuilt})
     # torch warns on a scheduler's second step() unless its optimizer's step() was patched by the
     # scheduler's constructor; the server always steps the optimizer first, so skip that check.
-    if getattr(copied, "_step_count", 0) == 1:
-        copied._step_count = 2
+    mark_scheduler_stepped(copied)
     return copied
 
 

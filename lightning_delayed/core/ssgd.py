@@ -9,11 +9,14 @@ backward; it is waited for right after backward, before the optimizer step).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from lightning_delayed.core.base import DelayedAlgorithm, GradientCommunicator, set_grads_
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from torch import Tensor
 
 
 class SynchronousSGD(DelayedAlgorithm):
