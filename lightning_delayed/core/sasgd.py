@@ -17,7 +17,7 @@ This module is the rule only, transport-free and thread-safe: :mod:`lightning_de
 carries pushes and pulls over ``torch.distributed.rpc``; a test calls :meth:`ParameterServer.push`
 directly with scripted versions.
 
-Choices ALGORITHMS.md leaves open (also in ``docs/algorithms/sasgd.md``):
+Choices the rule leaves open (``docs/algorithms/sasgd.md``):
     * LR schedules run on the server. ``interval="step"`` schedulers step after every
       ``frequency`` server updates; ``interval="epoch"`` schedulers step after every ``frequency``
       *data passes*, one data pass being N worker-epochs reported to the server (with equal shards,

@@ -46,7 +46,7 @@ class AveragingStrategy(DelayedStrategy):
     config: LocalSGDConfig | DaSGDConfig | OverlapLocalSGDConfig
 
     def __init__(self, **kwargs: Any) -> None:
-        # Buffers take part in the averages and evolve locally in between (ALGORITHMS.md).
+        # Buffers take part in the averages and evolve locally in between (docs/algorithms/index.md).
         kwargs.setdefault("broadcast_buffers", False)
         super().__init__(**kwargs)
 

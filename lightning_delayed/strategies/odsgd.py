@@ -38,7 +38,7 @@ class ODSGDStrategy(DelayedStrategy):
             (``compression``, ``comm_hook``, ``bucket_cap_mb``, ``check_finite``, ``process_group_backend``,
             DDP arguments...).
 
-    Choices ALGORITHMS.md leaves open:
+    Choices the rule leaves open (``docs/algorithms/odsgd.md``):
         * Gradient clipping (``Trainer(gradient_clip_val=...)``) clips the gradient the optimizer
           steps ``W`` with (the delayed mean); the local step uses the unclipped own gradient,
           which was already sent when clipping could run.

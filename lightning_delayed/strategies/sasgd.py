@@ -83,7 +83,7 @@ class SASGDStrategy(DelayedStrategy):
         process_group_backend, timeout, start_method, ...: as for every strategy; the process group
             is used only to start RPC, at checkpoints and at the end.
 
-    Choices ALGORITHMS.md leaves open (see ``docs/algorithms/sasgd.md``):
+    Choices the rule leaves open (``docs/algorithms/sasgd.md``):
         * The model is not wrapped in ``DistributedDataParallel``; DDP arguments are refused.
         * The server keeps ``theta`` in host memory; GPU workers stage gradients through the host.
         * LR schedulers run on the server (``interval="step"``: per server update; ``"epoch"``: per
