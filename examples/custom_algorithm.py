@@ -29,15 +29,14 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from lightning_delayed import (
-    Completed,
     DDPGradientHook,
     DelayedAlgorithm,
     DelayedStrategy,
     GradientCommunicator,
-    Pending,
-    refuse_grad_scaler,
     register_strategy,
 )
+from lightning_delayed.comm.buckets import Completed, Pending
+from lightning_delayed.strategies.base import refuse_grad_scaler
 
 
 class PipeSGD(DelayedAlgorithm):

@@ -26,7 +26,8 @@ from typing import Any
 
 from torch import Tensor
 
-from lightning_delayed import AllReduceHook, CommHook, Pending
+from lightning_delayed import AllReduceHook, CommHook
+from lightning_delayed.comm.buckets import Pending
 
 
 class CountingHook(CommHook):

@@ -3,99 +3,139 @@
 ``import lightning_delayed`` registers every strategy name with Lightning, so
 ``Trainer(strategy="odsgd")`` works. See ``docs/index.md``.
 
-The names in ``__all__`` are the stable public API. To extend the package (a new algorithm, a
-communication hook of your own, wire compression) see ``docs/extending.md``: the extension points
-are :class:`DelayedAlgorithm` (the rule), :class:`CommHook` (the communication),
-:class:`DelayedStrategy` (the Lightning glue) and :func:`register_strategy`.
+The names in ``__all__`` are the public API; each is documented in ``docs/extending.md`` ("Public
+API"). To extend the package (a new algorithm, a communication hook of your own, wire
+compression) see that page: the extension points are :class:`DelayedAlgorithm` (the rule),
+:class:`CommHook` (the communication), :class:`DelayedStrategy` (the Lightning glue) and
+:func:`register_strategy`. Lower-level pieces live in their submodules
+(``lightning_delayed.comm.buckets.Pending``, ...).
+
+``lightning_delayed.core`` and ``lightning_delayed.comm`` need only torch: without Lightning
+installed, this package imports the Lightning-free names and leaves the Lightning glue (the
+strategies, :class:`CommMonitor`, the registry) out, with an error naming Lightning when one of
+them is asked for.
 """
 
-from lightning_delayed.comm.buckets import (
-    DEFAULT_BUCKET_CAP_MB,
-    CommunicationError,
-    Completed,
-    NonFiniteReductionError,
-    Pending,
-    PendingAverage,
-    launch_average,
-)
+from __future__ import annotations
+
+from typing import Any
+
+from lightning_delayed._compat import PrivateAPIError
+from lightning_delayed.comm.buckets import CommunicationError, NonFiniteReductionError
 from lightning_delayed.comm.communicator import AllReduceHook, CommHook
-from lightning_delayed.comm.compression import COMPRESSIONS, CompressedHook, Compression, Compressor
+from lightning_delayed.comm.compression import CompressedHook, Compression, Compressor
 from lightning_delayed.comm.hooks import DDPGradientHook, LocalGradientHook
 from lightning_delayed.comm.parameter_server import WorkerLostError
-from lightning_delayed.comm.stats import CommStats, comm_stats, record_staleness
+from lightning_delayed.comm.stats import record_staleness
 from lightning_delayed.core.averaging import AveragingAlgorithm
 from lightning_delayed.core.base import DelayedAlgorithm, GradientCommunicator
-from lightning_delayed.core.dasgd import DaSGD, DaSGDConfig, cocodsgd_config
-from lightning_delayed.core.local_sgd import LocalSGD, LocalSGDConfig
-from lightning_delayed.core.odsgd import ODSGD, ODSGDConfig
-from lightning_delayed.core.overlap_local_sgd import OverlapLocalSGD, OverlapLocalSGDConfig
-from lightning_delayed.core.sasgd import ParameterServer, SASGDConfig, SASGDWorker
-from lightning_delayed.monitor import CommMonitor
-from lightning_delayed.registry import STRATEGIES, register_all, register_strategy, strategy_names
-from lightning_delayed.strategies import (
-    ASGDStrategy,
-    CoCoDSGDStrategy,
-    DaSGDStrategy,
-    DelayedStrategy,
-    LocalSGDStrategy,
-    ODSGDStrategy,
-    OverlapLocalSGDStrategy,
-    SASGDStrategy,
-    SSGDStrategy,
-)
-from lightning_delayed.strategies.base import refuse_grad_scaler
+from lightning_delayed.core.dasgd import DaSGDConfig
+from lightning_delayed.core.local_sgd import LocalSGDConfig
+from lightning_delayed.core.odsgd import ODSGDConfig
+from lightning_delayed.core.overlap_local_sgd import OverlapLocalSGDConfig
+from lightning_delayed.core.sasgd import SASGDConfig
 
 __version__ = "0.1.0"
 
-register_all()
+_LIGHTNING_NAMES = (
+    "ASGDStrategy",
+    "AveragingStrategy",
+    "CoCoDSGDStrategy",
+    "CommMonitor",
+    "DaSGDStrategy",
+    "DelayedStrategy",
+    "LocalSGDStrategy",
+    "ODSGDStrategy",
+    "OverlapLocalSGDStrategy",
+    "SASGDStrategy",
+    "SSGDStrategy",
+    "STRATEGIES",
+    "register_strategy",
+    "strategy_names",
+)
+
+
+def _lightning_missing() -> ImportError | None:
+    """``None`` if Lightning imports; the import error if Lightning itself is not installed.
+
+    Any other error inside Lightning's import is raised: a broken install must not pass for a
+    missing one.
+    """
+    try:
+        import lightning.pytorch  # noqa: F401
+    except ImportError as e:
+        if e.name in ("lightning", "lightning.pytorch"):
+            return e
+        raise
+    return None
+
+
+_LIGHTNING_ERROR = _lightning_missing()
+
+if _LIGHTNING_ERROR is None:
+    from lightning_delayed._compat import check_ddp_hook_override
+    from lightning_delayed.monitor import CommMonitor
+    from lightning_delayed.registry import STRATEGIES, register_all, register_strategy, strategy_names
+    from lightning_delayed.strategies import (
+        ASGDStrategy,
+        CoCoDSGDStrategy,
+        DaSGDStrategy,
+        DelayedStrategy,
+        LocalSGDStrategy,
+        ODSGDStrategy,
+        OverlapLocalSGDStrategy,
+        SASGDStrategy,
+        SSGDStrategy,
+    )
+    from lightning_delayed.strategies.averaging import AveragingStrategy
+
+    check_ddp_hook_override()
+    register_all()
+else:
+
+    def __getattr__(name: str) -> Any:
+        if name in _LIGHTNING_NAMES:
+            raise ImportError(
+                f"lightning_delayed.{name} needs Lightning, which is not installed ({_LIGHTNING_ERROR}). "
+                "Install it with `pip install lightning`; lightning_delayed.core and lightning_delayed.comm "
+                "work with torch alone."
+            )
+        raise AttributeError(f"module 'lightning_delayed' has no attribute {name!r}")
+
 
 __all__ = [
-    "COMPRESSIONS",
-    "DEFAULT_BUCKET_CAP_MB",
-    "ODSGD",
     "STRATEGIES",
     "ASGDStrategy",
     "AllReduceHook",
     "AveragingAlgorithm",
+    "AveragingStrategy",
     "CoCoDSGDStrategy",
     "CommHook",
     "CommMonitor",
-    "CommStats",
     "CommunicationError",
-    "Completed",
     "CompressedHook",
     "Compression",
     "Compressor",
     "DDPGradientHook",
-    "DaSGD",
     "DaSGDConfig",
     "DaSGDStrategy",
     "DelayedAlgorithm",
     "DelayedStrategy",
     "GradientCommunicator",
     "LocalGradientHook",
-    "LocalSGD",
     "LocalSGDConfig",
     "LocalSGDStrategy",
     "NonFiniteReductionError",
     "ODSGDConfig",
     "ODSGDStrategy",
-    "OverlapLocalSGD",
     "OverlapLocalSGDConfig",
     "OverlapLocalSGDStrategy",
-    "ParameterServer",
-    "Pending",
-    "PendingAverage",
+    "PrivateAPIError",
     "SASGDConfig",
     "SASGDStrategy",
-    "SASGDWorker",
     "SSGDStrategy",
     "WorkerLostError",
-    "cocodsgd_config",
-    "comm_stats",
-    "launch_average",
     "record_staleness",
-    "refuse_grad_scaler",
     "register_strategy",
     "strategy_names",
 ]

@@ -27,7 +27,8 @@ Where the numbers come from:
   runtime-logging sample rate to 1): ``backward_comm_time_end - backward_compute_time_end``, the
   time the reducer waited for the last bucket after autograd finished. DDP publishes the timers
   of a backward at the *next* forward, so this part of ``blocked_s`` lags by one step (the totals
-  over many steps are unaffected). Where the private DDP API is missing, this part is 0. With a
+  over many steps are unaffected). Where the private DDP API is missing, ``on_fit_start`` raises
+  :class:`~lightning_delayed._compat.PrivateAPIError` (never a silent 0). With a
   communication hook registered the timers are not used: hooks of this package launch through
   ``comm/`` and are counted there; a third-party hook's communication is not seen.
 * DDP's per-forward buffer broadcast (``broadcast_buffers=True``) adds the floating buffers' bytes.
@@ -49,6 +50,7 @@ import lightning.pytorch as pl
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
+from lightning_delayed._compat import PrivateAPIError, ddp_comm_hooks, ddp_logging_data, enable_ddp_runtime_logging
 from lightning_delayed.comm.stats import CommCounters, comm_stats
 
 
@@ -83,23 +85,29 @@ class CommTotals:
 
 
 class _ReducerTimers:
-    """Exposed communication of DDP's reducer, from its runtime-logging timers (private torch API)."""
+    """Exposed communication of DDP's reducer, from its runtime-logging timers (private torch API).
+
+    A torch without that API raises :class:`~lightning_delayed._compat.PrivateAPIError` here, at
+    ``on_fit_start``; a reducer that refuses runtime logging (``RuntimeError``) reports 0.
+    """
 
     def __init__(self, ddp: DistributedDataParallel) -> None:
         self.ddp = ddp
-        self.available = hasattr(ddp, "_get_ddp_logging_data") and hasattr(ddp, "_set_ddp_runtime_logging_sample_rate")
+        self.available = True
         self._last_end: int | None = None
-        if self.available:
-            try:
-                ddp._set_ddp_runtime_logging_sample_rate(1)
-            except RuntimeError:
-                self.available = False
+        ddp_logging_data(ddp)  # fail now, not at the first step, if the private API is gone
+        try:
+            enable_ddp_runtime_logging(ddp)
+        except PrivateAPIError:
+            raise
+        except RuntimeError:  # the reducer refuses runtime logging
+            self.available = False
 
     def take_blocked(self) -> float:
         """Seconds the reducer waited after autograd, for the backward published since the last call."""
         if not self.available:
             return 0.0
-        data = self.ddp._get_ddp_logging_data()
+        data = ddp_logging_data(self.ddp)
         comm_end = data.get("backward_comm_time_end")
         compute_end = data.get("backward_compute_time_end")
         if not isinstance(comm_end, int) or not isinstance(compute_end, int) or comm_end == self._last_end:
@@ -154,7 +162,7 @@ class CommMonitor(pl.Callback):
         self._builtin_bytes = 0
         self._buffer_bytes = 0
         if self._ddp is not None:
-            if not getattr(self._ddp, "_comm_hooks", []):
+            if not ddp_comm_hooks(self._ddp):
                 # DDP's own C++ all-reduce. (With a hook, the reducer's timers also count its copy of
                 # the results back into .grad as "communication", so they are read only here.)
                 self._timers = _ReducerTimers(self._ddp)

@@ -14,15 +14,17 @@ Hazard this layout avoids::
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from lightning_delayed.comm import stats as comm_stats
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 DEFAULT_BUCKET_CAP_MB = 25.0
 """Bucket cap in MiB, the same default as DDP."""

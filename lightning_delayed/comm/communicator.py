@@ -23,12 +23,18 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from math import inf
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 from torch import Tensor
 
 from lightning_delayed.comm.buckets import DEFAULT_BUCKET_CAP_MB, Pending, launch_average
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    import torch.distributed as dist
+    from torch import Tensor
 
 
 class CommHook(ABC):

@@ -41,15 +41,18 @@ Choices:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from lightning_delayed.comm.buckets import Pending
 from lightning_delayed.comm.communicator import AllReduceHook, CommHook
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from lightning_delayed.comm.buckets import Pending
 
 Compression = Literal["none", "fp16", "bf16"]
 """The values of the strategies' ``compression`` argument."""

@@ -16,16 +16,19 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Sequence
-from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 import torch.distributed.rpc as rpc
 from torch import Tensor
 
+from lightning_delayed._compat import tensorpipe_transport_options as _tensorpipe_options
 from lightning_delayed.comm.buckets import CommunicationError
 from lightning_delayed.comm.stats import blocked, record_sent
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from datetime import timedelta
 
 SERVER_RANK = 0
 
@@ -120,7 +123,7 @@ def tensorpipe_transport_options() -> dict[str, list[str]]:
     if not value:
         return {}
     transports = [t.strip() for t in value.split(",") if t.strip()]
-    return {"_transports": transports, "_channels": ["basic"]}
+    return _tensorpipe_options(transports, ["basic"])
 
 
 def install_server(server: Any) -> None:

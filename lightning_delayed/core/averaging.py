@@ -28,16 +28,20 @@ from __future__ import annotations
 
 import contextlib
 import copy
-from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor, nn
-from torch.optim import Optimizer
 
-from lightning_delayed.comm.buckets import Pending
 from lightning_delayed.comm.communicator import AllReduceHook
 from lightning_delayed.core.base import DelayedAlgorithm, clone_all, copy_all_
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from torch.optim import Optimizer
+
+    from lightning_delayed.comm.buckets import Pending
 
 WEIGHTINGS = ("uniform", "samples")
 

@@ -20,14 +20,19 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
-from lightning_delayed.comm.buckets import Pending
+from lightning_delayed._compat import foreach_copy_
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator, Sequence
+
+    from torch.optim import Optimizer
+
+    from lightning_delayed.comm.buckets import Pending
 
 
 class GradientCommunicator(Protocol):
@@ -127,7 +132,7 @@ def clone_all(tensors: Sequence[Tensor]) -> list[Tensor]:
 
 def copy_all_(dst: Sequence[Tensor], src: Sequence[Tensor]) -> None:
     with torch.no_grad():
-        torch._foreach_copy_(list(dst), list(src))
+        foreach_copy_(list(dst), list(src))
 
 
 def set_grads_(params: Sequence[Tensor], grads: Sequence[Tensor]) -> None:

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 def check_real(name: str, value: object, allowed: str, in_range: Callable[[float], bool] | None = None) -> float:

@@ -24,12 +24,8 @@ Because :math:`d \le \tau`, at most one average is in flight.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-
-from torch import Tensor
-from torch.optim import Optimizer
+from typing import TYPE_CHECKING, Any
 
 from lightning_delayed.comm.buckets import Completed, Pending
 from lightning_delayed.core.averaging import (
@@ -41,6 +37,12 @@ from lightning_delayed.core.averaging import (
     merge_delayed_,
 )
 from lightning_delayed.core.base import clone_all, copy_all_
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from torch import Tensor
+    from torch.optim import Optimizer
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,8 @@ step :math:`k` with :math:`(k + 1) \bmod \tau = 0`:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-
-from torch import Tensor
-from torch.optim import Optimizer
+from typing import TYPE_CHECKING
 
 from lightning_delayed.core.averaging import (
     AveragingAlgorithm,
@@ -25,6 +22,12 @@ from lightning_delayed.core.averaging import (
     check_average_buffers,
     check_sync_every,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from torch import Tensor
+    from torch.optim import Optimizer
 
 
 @dataclass(frozen=True)

@@ -27,13 +27,12 @@ the module's parameters and no weight is copied on the hot path.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from lightning_delayed.comm.buckets import Completed, Pending
 from lightning_delayed.comm.hooks import no_launch_error
@@ -46,6 +45,11 @@ from lightning_delayed.core.base import (
     set_grads_,
 )
 from lightning_delayed.core.checks import check_real, non_negative, positive
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+    from torch.optim import Optimizer
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,11 @@ pending anchor is waited for and pulled toward, then ``x`` is averaged synchrono
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
 from lightning_delayed.comm.buckets import Completed, Pending
 from lightning_delayed.core.averaging import (
@@ -39,6 +37,11 @@ from lightning_delayed.core.averaging import (
 )
 from lightning_delayed.core.base import clone_all
 from lightning_delayed.core.checks import check_real, non_negative
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from torch.optim import Optimizer
 
 
 @dataclass(frozen=True)

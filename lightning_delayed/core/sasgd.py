@@ -17,7 +17,7 @@ This module is the rule only, transport-free and thread-safe: :mod:`lightning_de
 carries pushes and pulls over ``torch.distributed.rpc``; a test calls :meth:`ParameterServer.push`
 directly with scripted versions.
 
-Choices ALGORITHMS.md leaves open (also in ``docs/algorithms/sasgd.md``):
+Choices the rule leaves open (``docs/algorithms/sasgd.md``):
     * LR schedules run on the server. ``interval="step"`` schedulers step after every
       ``frequency`` server updates; ``interval="epoch"`` schedulers step after every ``frequency``
       *data passes*, one data pass being N worker-epochs reported to the server (with equal shards,
@@ -33,16 +33,14 @@ import copy
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import Tensor
-from torch.optim import Optimizer
 
+from lightning_delayed._compat import mark_scheduler_stepped
 from lightning_delayed.comm.buckets import NonFiniteReductionError
-from lightning_delayed.comm.compression import Compressor
 from lightning_delayed.comm.parameter_server import WorkerLostError
 from lightning_delayed.comm.stats import record_staleness
 from lightning_delayed.core.base import DelayedAlgorithm, clone_all, copy_all_
@@ -50,6 +48,13 @@ from lightning_delayed.core.checks import check_real, positive
 
 MIN_WORKER_TIMEOUT_S = 1.0
 """The smallest ``worker_timeout`` accepted (seconds); heartbeats are sent every ``min(1 s, worker_timeout / 10)``."""
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator, Sequence
+
+    from torch.optim import Optimizer
+
+    from lightning_delayed.comm.compression import Compressor
 
 
 @dataclass(frozen=True)
@@ -362,8 +367,7 @@ def server_scheduler(scheduler: Any, optimizer: Optimizer, rebuilt: Optimizer) -
     copied = copy.deepcopy(scheduler, {id(optimizer): rebuilt})
     # torch warns on a scheduler's second step() unless its optimizer's step() was patched by the
     # scheduler's constructor; the server always steps the optimizer first, so skip that check.
-    if getattr(copied, "_step_count", 0) == 1:
-        copied._step_count = 2
+    mark_scheduler_stepped(copied)
     return copied
 
 

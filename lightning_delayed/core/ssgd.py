@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -21,6 +22,11 @@ from torch.nn.utils import get_total_norm
 from lightning_delayed.comm.buckets import NonFiniteReductionError
 from lightning_delayed.comm.hooks import no_launch_error
 from lightning_delayed.core.base import DelayedAlgorithm, GradientCommunicator, set_grads_
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from torch import Tensor
 
 
 def check_finite_grads(params: Sequence[Tensor]) -> None:

@@ -18,22 +18,26 @@ Shared by all four (:class:`AveragingStrategy`):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lightning.pytorch.utilities.data import extract_batch_size
-from torch import Tensor
-from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_delayed.comm.communicator import CommHook
 from lightning_delayed.comm.hooks import LocalGradientHook
 from lightning_delayed.core.averaging import model_state
-from lightning_delayed.core.base import DelayedAlgorithm
 from lightning_delayed.core.dasgd import DaSGD, DaSGDConfig, cocodsgd_config
 from lightning_delayed.core.local_sgd import LocalSGD, LocalSGDConfig
 from lightning_delayed.core.overlap_local_sgd import OverlapLocalSGD, OverlapLocalSGDConfig
 from lightning_delayed.strategies.base import DelayedStrategy
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from torch import Tensor
+    from torch.optim import Optimizer
+
+    from lightning_delayed.comm.communicator import CommHook
+    from lightning_delayed.core.base import DelayedAlgorithm
 
 
 class AveragingStrategy(DelayedStrategy):
@@ -42,7 +46,7 @@ class AveragingStrategy(DelayedStrategy):
     config: LocalSGDConfig | DaSGDConfig | OverlapLocalSGDConfig
 
     def __init__(self, **kwargs: Any) -> None:
-        # Buffers take part in the averages and evolve locally in between (ALGORITHMS.md).
+        # Buffers take part in the averages and evolve locally in between (docs/algorithms/index.md).
         kwargs.setdefault("broadcast_buffers", False)
         super().__init__(**kwargs)
 

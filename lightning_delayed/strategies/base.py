@@ -16,24 +16,21 @@ built at the start of every ``fit`` and handed to the algorithm (and to the DDP 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Sequence
-from datetime import timedelta
-from typing import Any, ClassVar, Literal
+from datetime import timedelta  # noqa: TC003 (LightningCLI resolves __init__'s annotations at run time)
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-import lightning.pytorch as pl
+import lightning.pytorch as pl  # noqa: TC002 (as above: `accelerator: pl.accelerators.Accelerator`)
 import torch
 import torch.distributed as dist
-from lightning.fabric.strategies.registry import _StrategyRegistry
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torch.distributed.constants import default_pg_timeout
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_delayed._compat import process_group_backend
 from lightning_delayed.comm.buckets import DEFAULT_BUCKET_CAP_MB
 from lightning_delayed.comm.communicator import AllReduceHook, CommHook
 from lightning_delayed.comm.compression import CompressedHook, Compression, check_compression
@@ -42,6 +39,15 @@ from lightning_delayed.core.base import DelayedAlgorithm
 from lightning_delayed.core.checks import check_real, positive
 from lightning_delayed.strategies.checks import check_timeout, refuse_on_every_rank, refuse_unknown_keywords
 from lightning_delayed.strategies.finite import refuse_non_finite_checkpoint
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from lightning.fabric.strategies.registry import _StrategyRegistry
+    from lightning.fabric.utilities.types import _PATH
+    from torch.optim import Optimizer
+
+    from lightning_delayed.core.base import DelayedAlgorithm
 
 CHECKPOINT_KEY = "lightning_delayed"
 SUPPORTED_BACKENDS = ("gloo", "nccl")
@@ -209,7 +215,7 @@ class DelayedStrategy(DDPStrategy):
 
     @override
     def setup_distributed(self) -> None:
-        backend = self._get_process_group_backend()
+        backend = process_group_backend(self)
         if backend not in SUPPORTED_BACKENDS:
             raise ValueError(
                 f"{type(self).__name__} supports the process-group backends {SUPPORTED_BACKENDS}, got {backend!r}"
@@ -219,7 +225,7 @@ class DelayedStrategy(DDPStrategy):
         # on the default group before every training batch, and on gloo (and on one NCCL stream)
         # that broadcast would wait behind an average in flight, so nothing would overlap.
         if dist.is_initialized() and dist.get_world_size() > 1:
-            group = dist.new_group(backend=self._get_process_group_backend())
+            group = dist.new_group(backend=process_group_backend(self))
             assert isinstance(group, dist.ProcessGroup)  # every rank is a member
             self.comm_group = group
 

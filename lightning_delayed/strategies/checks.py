@@ -15,13 +15,15 @@ import builtins
 import difflib
 import inspect
 import numbers
-from collections.abc import Callable, Iterable
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy
 from torch.nn.parallel import DistributedDataParallel
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 # DistributedDataParallel arguments that Lightning itself passes (DDPStrategy._setup_model).
 _SET_BY_LIGHTNING = {

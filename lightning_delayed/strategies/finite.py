@@ -15,13 +15,15 @@ of ``-inf`` is a legitimate buffer) and every floating tensor of the algorithm s
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
 from torch.nn.utils import get_total_norm
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 MAX_NAMED = 8
 """How many non-finite entries the error names."""

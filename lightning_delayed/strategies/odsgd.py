@@ -5,8 +5,8 @@ See :mod:`lightning_delayed.core.odsgd` for the rule and ``docs/algorithms/odsgd
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
@@ -15,10 +15,18 @@ from torch import Tensor
 from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_delayed.comm.hooks import DDPGradientHook
-from lightning_delayed.core.base import DelayedAlgorithm
 from lightning_delayed.core.odsgd import ODSGD, ODSGDConfig
 from lightning_delayed.strategies.base import DelayedStrategy, refuse_grad_scaler
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    import lightning.pytorch as pl
+    from torch import Tensor
+    from torch.optim import Optimizer
+
+    from lightning_delayed.comm.hooks import DDPGradientHook
+    from lightning_delayed.core.base import DelayedAlgorithm
 
 
 class ODSGDStrategy(DelayedStrategy):

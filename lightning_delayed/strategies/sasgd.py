@@ -8,24 +8,21 @@ from __future__ import annotations
 import functools
 import inspect
 import os
-from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from torch import Tensor
 from torch.nn.parallel import DistributedDataParallel
-from torch.optim import Optimizer
 from typing_extensions import override
 
+from lightning_delayed._compat import collective_timeout, replace_sigterm_broadcast
 from lightning_delayed.comm import parameter_server as ps
 from lightning_delayed.comm.buckets import DEFAULT_BUCKET_CAP_MB
 from lightning_delayed.comm.compression import Compressor
-from lightning_delayed.core.base import DelayedAlgorithm
 from lightning_delayed.core.sasgd import (
     ParameterServer,
     SASGDConfig,
@@ -36,6 +33,14 @@ from lightning_delayed.core.sasgd import (
 )
 from lightning_delayed.strategies.base import DelayedStrategy, refuse_grad_scaler
 from lightning_delayed.strategies.checks import refuse_unknown_keywords
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Sequence
+
+    from lightning.fabric.utilities.types import _PATH
+    from torch.optim import Optimizer
+
+    from lightning_delayed.core.base import DelayedAlgorithm
 
 # DelayedStrategy/DDPStrategy arguments that still mean something without a DDP wrapper.
 _KEPT_ARGS = {
@@ -79,7 +84,7 @@ class SASGDStrategy(DelayedStrategy):
         process_group_backend, timeout, start_method, ...: as for every strategy; the process group
             is used only to start RPC, at checkpoints and at the end.
 
-    Choices ALGORITHMS.md leaves open (see ``docs/algorithms/sasgd.md``):
+    Choices the rule leaves open (``docs/algorithms/sasgd.md``):
         * The model is not wrapped in ``DistributedDataParallel``; DDP arguments are refused.
         * The server keeps ``theta`` in host memory; GPU workers stage gradients through the host.
         * LR schedulers run on the server (``interval="step"``: per server update; ``"epoch"``: per
@@ -181,7 +186,9 @@ class SASGDStrategy(DelayedStrategy):
         self.server = server
         ps.install_server(server)
         master_addr = os.environ.get("MASTER_ADDR", "127.0.0.1")
-        ps.start_rpc(rank, world, master_addr, self._timeout or torch.distributed.constants.default_pg_timeout)
+        ps.start_rpc(
+            rank, world, master_addr, collective_timeout(self) or torch.distributed.constants.default_pg_timeout
+        )
         self._rpc_up = True
         self.client = ps.ServerClient(rank, heartbeat_s=min(1.0, self.config.worker_timeout / 10))
         self.client.start_heartbeat()
@@ -195,8 +202,7 @@ class SASGDStrategy(DelayedStrategy):
             # Lightning 2.6 broadcasts a "received SIGTERM" flag from rank 0 before every training
             # batch, a collective that would put the workers back in lock-step. Each worker checks
             # its own flag instead; a worker that stops is noticed by the server (heartbeats).
-            epoch_loop = trainer.fit_loop.epoch_loop
-            epoch_loop._broadcast_sigterm_tensor = functools.partial(_local_sigterm_check, trainer)  # type: ignore[method-assign]
+            replace_sigterm_broadcast(trainer, functools.partial(_local_sigterm_check, trainer))
 
     # ------------------------------------------------------------------ the step
 

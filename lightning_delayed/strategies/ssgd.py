@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from torch import Tensor
-from torch.optim import Optimizer
 from typing_extensions import override
 
-from lightning_delayed.comm.hooks import DDPGradientHook
-from lightning_delayed.core.base import DelayedAlgorithm
 from lightning_delayed.core.ssgd import SynchronousSGD
 from lightning_delayed.strategies.base import DelayedStrategy
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from torch import Tensor
+    from torch.optim import Optimizer
+
+    from lightning_delayed.comm.hooks import DDPGradientHook
+    from lightning_delayed.core.base import DelayedAlgorithm
 
 
 class SSGDStrategy(DelayedStrategy):

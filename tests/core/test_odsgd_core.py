@@ -51,7 +51,7 @@ def run_package(config: ODSGDConfig, world: int, steps: int, lr: float = 0.1) ->
 
 
 def run_by_hand(config: ODSGDConfig, world: int, steps: int, lr: float = 0.1) -> list[list[torch.Tensor]]:
-    """ALGORITHMS.md, literally, with explicit copies; W and the optimizer live on a separate model."""
+    """docs/algorithms/odsgd.md, literally, with explicit copies; W and the optimizer live on a separate model."""
     models = [make_replica() for _ in range(world)]
     global_models = [make_replica() for _ in range(world)]
     opts = [torch.optim.SGD(g.parameters(), lr=lr, momentum=0.9) for g in global_models]

@@ -1,4 +1,4 @@
-"""OD-SGD on 2 real gloo ranks against the plain-loop reference of ALGORITHMS.md."""
+"""OD-SGD on 2 real gloo ranks against the plain-loop reference of docs/algorithms/odsgd.md."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Plain-loop simulations of ALGORITHMS.md, written independently of the package.
+"""Plain-loop simulations of the rules in docs/algorithms/<name>.md, written independently of the package.
 
 They use blocking ``torch.distributed.all_reduce`` and copy weights explicitly, the most literal
 reading of the rules; the package must produce the same numbers.
@@ -161,7 +161,7 @@ def reference_averaging(
     batchnorm: bool = False,
     batch_sizes: list[int] | None = None,
 ) -> dict[str, Any]:
-    """Local SGD, DaSGD, CoCoD-SGD and Overlap Local-SGD as ALGORITHMS.md writes them, blocking."""
+    """Local SGD, DaSGD, CoCoD-SGD and Overlap Local-SGD as docs/algorithms/<name>.md write them, blocking."""
     a = {**AVERAGING_DEFAULTS[kind], "average_buffers": True, **args}
     tau = a["sync_every"]
     delay = tau if kind == "cocodsgd" else a.get("delay", 1)
