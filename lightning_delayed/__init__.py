@@ -26,10 +26,12 @@ from lightning_delayed.comm.stats import CommStats, comm_stats, record_staleness
 from lightning_delayed.core.averaging import AveragingAlgorithm
 from lightning_delayed.core.base import DelayedAlgorithm, GradientCommunicator
 from lightning_delayed.core.dasgd import DaSGD, DaSGDConfig, cocodsgd_config
+from lightning_delayed.core.diloco import DiLoCo, DiLoCoConfig
 from lightning_delayed.core.local_sgd import LocalSGD, LocalSGDConfig
 from lightning_delayed.core.odsgd import ODSGD, ODSGDConfig
 from lightning_delayed.core.overlap_local_sgd import OverlapLocalSGD, OverlapLocalSGDConfig
 from lightning_delayed.core.sasgd import ParameterServer, SASGDConfig, SASGDWorker
+from lightning_delayed.core.streaming_diloco import StreamingDiLoCo, StreamingDiLoCoConfig
 from lightning_delayed.monitor import CommMonitor
 from lightning_delayed.registry import STRATEGIES, register_all, register_strategy, strategy_names
 from lightning_delayed.strategies import (
@@ -37,11 +39,13 @@ from lightning_delayed.strategies import (
     CoCoDSGDStrategy,
     DaSGDStrategy,
     DelayedStrategy,
+    DiLoCoStrategy,
     LocalSGDStrategy,
     ODSGDStrategy,
     OverlapLocalSGDStrategy,
     SASGDStrategy,
     SSGDStrategy,
+    StreamingDiLoCoStrategy,
 )
 from lightning_delayed.strategies.base import refuse_grad_scaler
 
@@ -72,6 +76,9 @@ __all__ = [
     "DaSGDStrategy",
     "DelayedAlgorithm",
     "DelayedStrategy",
+    "DiLoCo",
+    "DiLoCoConfig",
+    "DiLoCoStrategy",
     "GradientCommunicator",
     "LocalGradientHook",
     "LocalSGD",
@@ -90,6 +97,9 @@ __all__ = [
     "SASGDStrategy",
     "SASGDWorker",
     "SSGDStrategy",
+    "StreamingDiLoCo",
+    "StreamingDiLoCoConfig",
+    "StreamingDiLoCoStrategy",
     "WorkerLostError",
     "cocodsgd_config",
     "comm_stats",
