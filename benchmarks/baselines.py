@@ -162,5 +162,5 @@ def strategy_kwargs(name: str, sync_every: int = SYNC_EVERY) -> dict[str, Any]:
     return {}
 
 
-OVERLAPPING_EXCLUDED = ("ssgd", "local_sgd")
+OVERLAPPING_EXCLUDED = ("ssgd", "local_sgd", "diloco")
 """Our strategies that do not overlap communication (the overlap target excludes them)."""

@@ -30,10 +30,12 @@ from lightning_delayed.comm.stats import record_staleness
 from lightning_delayed.core.averaging import AveragingAlgorithm
 from lightning_delayed.core.base import DelayedAlgorithm, GradientCommunicator
 from lightning_delayed.core.dasgd import DaSGDConfig
+from lightning_delayed.core.diloco import DiLoCoConfig
 from lightning_delayed.core.local_sgd import LocalSGDConfig
 from lightning_delayed.core.odsgd import ODSGDConfig
 from lightning_delayed.core.overlap_local_sgd import OverlapLocalSGDConfig
 from lightning_delayed.core.sasgd import SASGDConfig
+from lightning_delayed.core.streaming_diloco import StreamingDiLoCoConfig
 
 __version__ = "0.1.0"
 
@@ -44,12 +46,14 @@ _LIGHTNING_NAMES = (
     "CommMonitor",
     "DaSGDStrategy",
     "DelayedStrategy",
+    "DiLoCoStrategy",
     "LocalSGDStrategy",
     "ODSGDStrategy",
     "OverlapLocalSGDStrategy",
     "SASGDStrategy",
     "SSGDStrategy",
     "STRATEGIES",
+    "StreamingDiLoCoStrategy",
     "register_strategy",
     "strategy_names",
 )
@@ -81,11 +85,13 @@ if _LIGHTNING_ERROR is None:
         CoCoDSGDStrategy,
         DaSGDStrategy,
         DelayedStrategy,
+        DiLoCoStrategy,
         LocalSGDStrategy,
         ODSGDStrategy,
         OverlapLocalSGDStrategy,
         SASGDStrategy,
         SSGDStrategy,
+        StreamingDiLoCoStrategy,
     )
     from lightning_delayed.strategies.averaging import AveragingStrategy
 
@@ -121,6 +127,8 @@ __all__ = [
     "DaSGDStrategy",
     "DelayedAlgorithm",
     "DelayedStrategy",
+    "DiLoCoConfig",
+    "DiLoCoStrategy",
     "GradientCommunicator",
     "LocalGradientHook",
     "LocalSGDConfig",
@@ -134,6 +142,8 @@ __all__ = [
     "SASGDConfig",
     "SASGDStrategy",
     "SSGDStrategy",
+    "StreamingDiLoCoConfig",
+    "StreamingDiLoCoStrategy",
     "WorkerLostError",
     "record_staleness",
     "register_strategy",

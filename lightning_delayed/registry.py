@@ -14,11 +14,13 @@ from lightning_delayed.strategies import (
     ASGDStrategy,
     CoCoDSGDStrategy,
     DaSGDStrategy,
+    DiLoCoStrategy,
     LocalSGDStrategy,
     ODSGDStrategy,
     OverlapLocalSGDStrategy,
     SASGDStrategy,
     SSGDStrategy,
+    StreamingDiLoCoStrategy,
 )
 from lightning_delayed.strategies.base import DelayedStrategy
 
@@ -33,6 +35,8 @@ STRATEGIES: tuple[type[DelayedStrategy], ...] = (
     OverlapLocalSGDStrategy,
     SASGDStrategy,
     ASGDStrategy,
+    DiLoCoStrategy,
+    StreamingDiLoCoStrategy,
 )
 """Every algorithm, baselines first; the demo and the benchmarks iterate over this tuple."""
 

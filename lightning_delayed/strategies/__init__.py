@@ -7,6 +7,7 @@ from lightning_delayed.strategies.averaging import (
     OverlapLocalSGDStrategy,
 )
 from lightning_delayed.strategies.base import DelayedStrategy
+from lightning_delayed.strategies.diloco import DiLoCoStrategy, StreamingDiLoCoStrategy
 from lightning_delayed.strategies.odsgd import ODSGDStrategy
 from lightning_delayed.strategies.sasgd import ASGDStrategy, SASGDStrategy
 from lightning_delayed.strategies.ssgd import SSGDStrategy
@@ -16,9 +17,11 @@ __all__ = [
     "CoCoDSGDStrategy",
     "DaSGDStrategy",
     "DelayedStrategy",
+    "DiLoCoStrategy",
     "LocalSGDStrategy",
     "ODSGDStrategy",
     "OverlapLocalSGDStrategy",
     "SASGDStrategy",
     "SSGDStrategy",
+    "StreamingDiLoCoStrategy",
 ]

@@ -40,6 +40,8 @@ def build_optimizer(params: Any, opt: dict[str, Any]) -> torch.optim.Optimizer:
         )
     if kind == "adam":
         return torch.optim.Adam(params, lr=opt.get("lr", 0.01))
+    if kind == "adamw":
+        return torch.optim.AdamW(params, lr=opt.get("lr", 0.01), weight_decay=opt.get("wd", 0.01))
     raise ValueError(kind)
 
 
