@@ -10,6 +10,7 @@ backward; it is waited for right after backward, before the optimizer step).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor
 
@@ -42,3 +43,7 @@ class SynchronousSGD(DelayedAlgorithm):
 
     def after_optimizer_step(self) -> None:
         self.step += 1
+
+    def load_resized_state_dict(self, state: dict[str, Any], local_states: list[dict[str, Any]]) -> None:
+        """No per-rank state: the step counter carries over (docs/algorithms/ssgd.md)."""
+        self.load_state_dict(state, {})
