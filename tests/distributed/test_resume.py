@@ -26,19 +26,44 @@ def _assert_equal_lists(a: list[torch.Tensor], b: list[torch.Tensor], what: str,
 # on their rank (average_buffers=False) unless said otherwise.
 MID_EPOCH_CASES: list[dict[str, Any]] = [
     # the case: local_sgd, tau=3, BatchNorm, checkpoint at step 8 (epoch of 5 batches)
-    {"kind": "local_sgd", "args": {"sync_every": 3, "average_buffers": False}, "n_batches": 5, "save_step": 8},
-    {"kind": "dasgd", "args": {"sync_every": 4, "delay": 3, "average_buffers": False}, "save_step": 6},
-    {"kind": "cocodsgd", "args": {"sync_every": 3, "average_buffers": False}, "n_batches": 5, "save_step": 7},
     {
+        "name": "local_sgd-bn-local",
+        "kind": "local_sgd",
+        "args": {"sync_every": 3, "average_buffers": False},
+        "n_batches": 5,
+        "save_step": 8,
+    },
+    {
+        "name": "dasgd-bn-local",
+        "kind": "dasgd",
+        "args": {"sync_every": 4, "delay": 3, "average_buffers": False},
+        "save_step": 6,
+    },
+    {
+        "name": "cocodsgd-bn-local",
+        "kind": "cocodsgd",
+        "args": {"sync_every": 3, "average_buffers": False},
+        "n_batches": 5,
+        "save_step": 7,
+    },
+    {
+        "name": "overlap-momentum-steplr-bn-local",
         "kind": "overlap_local_sgd",
         "args": {"sync_every": 2, "alpha": 0.3, "outer_momentum": 0.7, "average_buffers": False},
         "opt": {**SGD_MOMENTUM, "step_lr": 3},
         "save_step": 7,
     },
-    {"kind": "overlap_local_sgd", "args": {"sync_every": 3, "alpha": 0.8}, "n_batches": 5, "save_step": 7},
+    {
+        "name": "overlap-bn-averaged",
+        "kind": "overlap_local_sgd",
+        "args": {"sync_every": 3, "alpha": 0.8},
+        "n_batches": 5,
+        "save_step": 7,
+    },
     # samples weighting with batch sizes that vary within a period: the count of samples since the
     # last launch is non-zero at the checkpoint and changes the next average's weights
     {
+        "name": "dasgd-samples-varying-batches",
         "kind": "dasgd",
         "args": {"sync_every": 4, "delay": 2, "weighting": "samples"},
         "n_batches": 5,
@@ -59,7 +84,7 @@ def mid_epoch_results(tmp_path_factory: pytest.TempPathFactory) -> list[list[dic
     return run_ranks("tests.distributed.resume_worker:resume", cases=MID_EPOCH_CASES, tmp=tmp)
 
 
-@pytest.mark.parametrize("index", range(len(MID_EPOCH_CASES)), ids=[c["kind"] for c in MID_EPOCH_CASES])
+@pytest.mark.parametrize("index", range(len(MID_EPOCH_CASES)), ids=[c["name"] for c in MID_EPOCH_CASES])
 def test_mid_epoch_resume_equals_the_uninterrupted_run_on_every_rank(
     mid_epoch_results: list[list[dict[str, Any]]], index: int
 ) -> None:
