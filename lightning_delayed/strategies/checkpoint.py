@@ -192,8 +192,8 @@ def agree_on_load(
         error = e
     except Exception as e:  # torch's loader raises OSError, EOFError, RuntimeError, UnpicklingError...
         error = CheckpointError(
-            f"cannot read the checkpoint {path} ({type(e).__name__}: {e}); the file is empty, truncated or not "
-            f"a checkpoint. {previous_checkpoint_hint(path)}"
+            f"cannot read the checkpoint {path} ({type(e).__name__}{f': {e}' if str(e) else ''}); the file is "
+            f"empty, truncated or not a checkpoint. {previous_checkpoint_hint(path)}"
         )
         error.__cause__ = e
     if error is None:
