@@ -171,6 +171,25 @@ class AveragingAlgorithm(DelayedAlgorithm):
             # Called after Lightning restored rank 0's optimizer state: overwrite it with this rank's.
             self.optimizer.load_state_dict(copy.deepcopy(optimizer_state))
 
+    def load_resized_state_dict(self, state: dict[str, Any], local_states: list[dict[str, Any]]) -> None:
+        """Resume on another number of ranks from the consensus of the saved ranks.
+
+        Each saved rank's ``x`` is first merged with what was pending by the algorithm's end-of-fit
+        rule (:meth:`merged_local_tensors`); every new rank then starts from the mean of those, with
+        the mean of the saved optimizer states (:func:`mean_optimizer_state`), nothing pending, and
+        the step counter of the checkpoint, so the schedule (``(k + 1) % tau``) continues.
+        """
+        merged = [self.merged_local_tensors(state, local) for local in local_states]
+        self.step = int(state["step"])
+        copy_all_(self.tensors, self.to_tensors(mean_tensors(merged)))
+        optimizer_states = [local["optimizer"] for local in local_states if local.get("optimizer") is not None]
+        if optimizer_states:
+            self.optimizer.load_state_dict(mean_optimizer_state(optimizer_states))
+
+    def merged_local_tensors(self, state: dict[str, Any], local_state: dict[str, Any]) -> list[Tensor]:
+        """A saved rank's ``x`` after merging the pending average by the end-of-fit rule (default: as saved)."""
+        return clone_all(local_state["tensors"])
+
     def to_tensors(self, saved: Sequence[Tensor]) -> list[Tensor]:
         """Saved tensors moved to the device and dtype of ``x`` (fresh storage, never aliased)."""
         return [
@@ -179,3 +198,28 @@ class AveragingAlgorithm(DelayedAlgorithm):
 
     def maybe_tensors(self, saved: Sequence[Tensor] | None) -> list[Tensor] | None:
         return None if saved is None else self.to_tensors(saved)
+
+
+def mean_tensors(per_rank: Sequence[Sequence[Tensor]]) -> list[Tensor]:
+    """The elementwise mean over ranks of same-shaped tensor lists (summed in rank order: deterministic)."""
+    out = []
+    for ts in zip(*per_rank, strict=True):
+        total = ts[0].detach().clone()
+        for t in ts[1:]:
+            total += t
+        out.append(total / len(ts))
+    return out
+
+
+def mean_optimizer_state(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Optimizer ``state_dict`` whose floating-point state tensors are the mean over ``states``.
+
+    Momentum buffers and Adam moments are averaged (a synchronous run's momentum is that of the
+    mean gradient); everything else (step counts, param groups with the scheduled LR) is the first's.
+    """
+    result = copy.deepcopy(states[0])
+    for param_id, entry in result["state"].items():
+        for name, value in entry.items():
+            if isinstance(value, Tensor) and value.is_floating_point() and value.dim() > 0:
+                entry[name] = mean_tensors([[s["state"][param_id][name]] for s in states])[0]
+    return result

@@ -161,3 +161,17 @@ class DaSGD(AveragingAlgorithm):
         self.pending = None if pending is None else Completed(pending)
         self.snapshot = self.maybe_tensors(local_state["snapshot"])
         self.samples_since_launch = int(local_state["samples_since_launch"])
+
+    def merged_local_tensors(self, state: dict[str, Any], local_state: dict[str, Any]) -> list[Tensor]:
+        """End-of-fit merge of a saved rank: ``x <- cbar + (x - s)`` when an average was pending."""
+        x = clone_all(local_state["tensors"])
+        if state["pending_average"] is not None:
+            merge_delayed_(x, state["pending_average"], local_state["snapshot"])
+        return x
+
+    def load_resized_state_dict(self, state: dict[str, Any], local_states: list[dict[str, Any]]) -> None:
+        super().load_resized_state_dict(state, local_states)
+        # The samples counted since the last launch: the saved ranks' mean, so the first average
+        # after the resume weights this period like the saved ranks did on average.
+        counts = [int(local["samples_since_launch"]) for local in local_states]
+        self.samples_since_launch = sum(counts) // len(counts)

@@ -256,3 +256,12 @@ class ODSGD(DelayedAlgorithm):
         local = to_params(local_state.get("local_params"))
         if local is not None:
             copy_all_(self.params, local)
+
+    def load_resized_state_dict(self, state: dict[str, Any], local_states: list[dict[str, Any]]) -> None:
+        """Resume from ``W`` with the pending mean applied (the end-of-fit rule, docs/algorithms/odsgd.md).
+
+        The ranks' local weights ``w`` are dropped: every rank continues from the same ``W``, and the
+        next delayed step starts again as the first one (no pending mean, ``W`` stays for one step).
+        """
+        self.load_state_dict(state, {})
+        self.finish()

@@ -33,6 +33,7 @@ from lightning_delayed.core.averaging import (
     ParameterCommunicator,
     check_average_buffers,
     check_sync_every,
+    mean_tensors,
     pull_back_,
 )
 from lightning_delayed.core.base import clone_all
@@ -131,11 +132,12 @@ class OverlapLocalSGD(AveragingAlgorithm):
             self._receive_and_pull_back()
 
     def state_dict(self) -> dict[str, Any]:
+        # No "anchor": the last anchor is read only in the same call that replaces it with the
+        # pending average, so it is never read after a checkpoint.
         return {
             "step": self.step,
             # Waiting only receives the anchor early; it is used at the same step as always.
             "pending_average": None if self.pending is None else clone_all(self.pending.wait()),
-            "anchor": None if self.anchor is None else clone_all(self.anchor),
         }
 
     def local_state_dict(self) -> dict[str, Any]:
@@ -145,5 +147,18 @@ class OverlapLocalSGD(AveragingAlgorithm):
         super().load_state_dict(state, local_state)
         pending = self.maybe_tensors(state["pending_average"])
         self.pending = None if pending is None else Completed(pending)
-        self.anchor = self.maybe_tensors(state["anchor"])
         self.momentum = self.maybe_tensors(local_state["momentum"])
+
+    def merged_local_tensors(self, state: dict[str, Any], local_state: dict[str, Any]) -> list[Tensor]:
+        """End-of-fit merge of a saved rank: pull back ``x <- (1 - alpha) x + alpha z`` when an anchor was pending."""
+        x = clone_all(local_state["tensors"])
+        if state["pending_average"] is not None:
+            pull_back_(x, state["pending_average"], float(self.config.alpha))
+        return x
+
+    def load_resized_state_dict(self, state: dict[str, Any], local_states: list[dict[str, Any]]) -> None:
+        super().load_resized_state_dict(state, local_states)
+        # The pending anchor is merged above, so the next synchronisation point launches x like the
+        # first one; the outer momentum v continues as the saved ranks' mean.
+        momenta = [local["momentum"] for local in local_states if local.get("momentum") is not None]
+        self.momentum = self.maybe_tensors(mean_tensors(momenta)) if len(momenta) == len(local_states) else None

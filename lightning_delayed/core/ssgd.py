@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -84,3 +84,7 @@ class SynchronousSGD(DelayedAlgorithm):
 
     def after_optimizer_step(self) -> None:
         self.step += 1
+
+    def load_resized_state_dict(self, state: dict[str, Any], local_states: list[dict[str, Any]]) -> None:
+        """No per-rank state: the step counter carries over (docs/algorithms/ssgd.md)."""
+        self.load_state_dict(state, {})

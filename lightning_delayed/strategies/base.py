@@ -37,6 +37,7 @@ from lightning_delayed.comm.compression import CompressedHook, Compression, chec
 from lightning_delayed.comm.hooks import DDPGradientHook
 from lightning_delayed.core.base import DelayedAlgorithm
 from lightning_delayed.core.checks import check_real, positive
+from lightning_delayed.strategies import checkpoint as ckpt
 from lightning_delayed.strategies.checks import check_timeout, refuse_on_every_rank, refuse_unknown_keywords
 from lightning_delayed.strategies.finite import refuse_non_finite_checkpoint
 
@@ -347,6 +348,8 @@ class DelayedStrategy(DDPStrategy):
         # Called on every rank (Trainer.save_checkpoint), so the gather below is a matched collective.
         if self.algorithm is not None:
             checkpoint[CHECKPOINT_KEY] = self._algorithm_checkpoint()
+            if self.is_global_zero:  # the rank that writes the file
+                checkpoint[CHECKPOINT_KEY][ckpt.CHECKSUM_KEY] = ckpt.checksum(checkpoint, CHECKPOINT_KEY)
         # Also a matched collective: every rank refuses together, before anything is written.
         assert self.lightning_module is not None
         param_names = {name for name, _ in self.lightning_module.named_parameters(remove_duplicate=False)}
@@ -354,49 +357,43 @@ class DelayedStrategy(DDPStrategy):
         super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
 
     def _algorithm_checkpoint(self) -> dict[str, Any]:
-        assert self.algorithm is not None
-        local = _to_cpu(self.algorithm.local_state_dict())
-        # Per-rank communication state (error-feedback residuals) travels with the algorithm's.
-        comm_local = _to_cpu(self.communicator.state_dict()) if self.communicator is not None else {}
+        assert self.algorithm is not None and self.lightning_module is not None
+        # Per-rank communication state (error-feedback residuals) and module buffers (statistics
+        # that are not averaged) travel with the algorithm's.
+        local = {
+            "algorithm": _to_cpu(self.algorithm.local_state_dict()),
+            "comm": _to_cpu(self.communicator.state_dict()) if self.communicator is not None else {},
+            "buffers": _to_cpu(ckpt.rank_buffers(self.lightning_module)),
+        }
         world = dist.get_world_size() if dist.is_initialized() else 1
         if world > 1:
             gathered: list[Any] | None = [None] * world if self.global_rank == 0 else None
-            dist.gather_object((local, comm_local), gathered, dst=0)
+            dist.gather_object(local, gathered, dst=0)
         else:
-            gathered = [(local, comm_local)]
+            gathered = [local]
         return {
             "strategy": self.strategy_name,
             "world_size": world,
+            ckpt.CONFIG_KEY: ckpt.algorithm_config(self),
             "state": _to_cpu(self.algorithm.state_dict()),
-            "local_states": None if gathered is None else [g[0] for g in gathered],
-            "comm_states": None if gathered is None else [g[1] for g in gathered],
+            "local_states": None if gathered is None else [g["algorithm"] for g in gathered],
+            "comm_states": None if gathered is None else [g["comm"] for g in gathered],
+            ckpt.BUFFERS_KEY: None if gathered is None else [g["buffers"] for g in gathered],
         }
 
     @override
     def load_checkpoint(self, checkpoint_path: _PATH, weights_only: bool | None = None) -> dict[str, Any]:
-        checkpoint = super().load_checkpoint(checkpoint_path, weights_only=weights_only)
-        saved = checkpoint.get(CHECKPOINT_KEY)
-        if saved is not None and saved["strategy"] != self.strategy_name:
-            raise ValueError(
-                f"the checkpoint {checkpoint_path} holds the state of strategy {saved['strategy']!r}; it cannot "
-                f"resume with {self.strategy_name!r}. Resume with strategy={saved['strategy']!r}, or load only "
-                "the weights (LightningModule.load_from_checkpoint) to start a new run."
-            )
-        self._restored = saved
+        # Read and checked on every rank; a failure on any rank raises on all (ckpt.agree_on_load).
+        checkpoint = ckpt.agree_on_load(
+            lambda: super(DelayedStrategy, self).load_checkpoint(checkpoint_path, weights_only=weights_only),
+            lambda loaded: ckpt.check_loaded(self, loaded, CHECKPOINT_KEY, checkpoint_path),
+            checkpoint_path,
+        )
+        self._restored = checkpoint.get(CHECKPOINT_KEY)
         return checkpoint
 
     def _load_algorithm_state(self, saved: dict[str, Any]) -> None:
-        assert self.algorithm is not None
-        world = dist.get_world_size() if dist.is_initialized() else 1
-        if saved["world_size"] != world:
-            raise ValueError(
-                f"the checkpoint was written by {saved['world_size']} ranks but this run has {world}: the "
-                "per-rank algorithm state cannot be redistributed. Resume with the same number of devices."
-            )
-        self.algorithm.load_state_dict(saved["state"], saved["local_states"][self.global_rank])
-        comm_states = saved.get("comm_states")
-        if comm_states is not None and self.communicator is not None:
-            self.communicator.load_state_dict(comm_states[self.global_rank])
+        ckpt.restore(self, saved)
 
     # ------------------------------------------------------------------ registry
 

@@ -115,8 +115,9 @@ def test_merge_and_pull_back_arithmetic() -> None:
     x, avg, snap = [torch.tensor([5.0, 1.0])], [torch.tensor([2.0, 2.0])], [torch.tensor([4.0, 0.0])]
     merge_delayed_(x, avg, snap)
     assert torch.equal(x[0], torch.tensor([3.0, 3.0]))  # 2 + (5 - 4), 2 + (1 - 0)
-    pull_back_(x, [torch.tensor([1.0, 5.0])], 0.5)
-    assert torch.equal(x[0], torch.tensor([2.0, 4.0]))
+    # asymmetric alpha: swapping alpha and 1 - alpha would give [1.5, 4.5]
+    pull_back_(x, [torch.tensor([1.0, 5.0])], 0.25)
+    assert torch.equal(x[0], torch.tensor([2.5, 3.5]))  # 0.75 * 3 + 0.25 * 1, 0.75 * 3 + 0.25 * 5
     v = [torch.tensor([1.0, 0.0])]
     send = anchor_momentum_(v, [torch.tensor([1.0, 1.0])], [torch.tensor([2.0, 3.0])], beta=0.5, lr=0.5)
     assert torch.equal(v[0], torch.tensor([2.5, 4.0]))  # 0.5 * v + (z - x) / 0.5
@@ -214,7 +215,7 @@ def test_local_sgd_and_overlap_by_hand() -> None:
 
     group = FakeGroup(2)
     xs, opts = _replicas(2)
-    cfg = OverlapLocalSGDConfig(sync_every=1, alpha=0.5, outer_momentum=0.0)
+    cfg = OverlapLocalSGDConfig(sync_every=1, alpha=0.25, outer_momentum=0.0)
     overlap = [
         OverlapLocalSGD(cfg, x, o, WeightedFakeComm(group, r)) for r, (x, o) in enumerate(zip(xs, opts, strict=True))
     ]
@@ -222,8 +223,8 @@ def test_local_sgd_and_overlap_by_hand() -> None:
         _step(xs, opts, k)
         for a in overlap:
             a.after_optimizer_step()
-    # k=0: x = 1, 2, launch z = 1.5 (no pull).  k=1: x = 3, 6 -> 0.5 x + 0.5 * 1.5
-    assert [float(x[0][0].detach()) for x in xs] == [2.25, 3.75]
+    # k=0: x = 1, 2, launch z = 1.5 (no pull).  k=1: x = 3, 6 -> 0.75 x + 0.25 * 1.5
+    assert [float(x[0][0].detach()) for x in xs] == [2.625, 4.875]
     seen: list[float] = []
 
     def validate(a: OverlapLocalSGD) -> None:
@@ -231,10 +232,10 @@ def test_local_sgd_and_overlap_by_hand() -> None:
             seen.append(float(a.tensors[0][0].detach()))
 
     _in_threads([lambda a=a: validate(a) for a in overlap])
-    assert seen == [3.0, 3.0]
-    assert [float(x[0][0].detach()) for x in xs] == [2.25, 3.75], "consensus must restore each rank's own x"
-    _in_threads([a.finish for a in overlap])  # pull toward z = mean(2.25, 3.75) = 3, then average
-    assert [float(x[0][0].detach()) for x in xs] == [3.0, 3.0]
+    assert seen == [3.75, 3.75]
+    assert [float(x[0][0].detach()) for x in xs] == [2.625, 4.875], "consensus must restore each rank's own x"
+    _in_threads([a.finish for a in overlap])  # pull toward z = mean(2.625, 4.875) = 3.75, then average
+    assert [float(x[0][0].detach()) for x in xs] == [3.75, 3.75]
 
 
 def test_checkpoint_round_trip_keeps_local_state_unaliased() -> None:
