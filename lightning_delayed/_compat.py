@@ -18,7 +18,7 @@ breaks one fails CI on that entry.
 | ``DistributedDataParallel._comm_hooks``                  | monitor.py            | hooked reductions timed twice    |
 | ``LRScheduler._step_count``                              | core/sasgd.py         | a torch warning per server step  |
 | ``TensorPipeRpcBackendOptions(_transports, _channels)``  | comm/parameter_server | ``LD_RPC_TRANSPORTS``            |
-| ``torch._foreach_copy_``                                 | core/base.py          | the rules' multi-tensor copies   |
+| ``torch._foreach_copy_/_add_/_div``                      | core/base, core/sasgd | fused multi-tensor math          |
 | ``lightning...types._PATH``, ``..._StrategyRegistry``    | strategies (hints)    | nothing: under ``TYPE_CHECKING`` |
 
 ``_register_ddp_hooks`` is overridden and ``_broadcast_sigterm_tensor`` replaced, so renamed they
@@ -212,7 +212,21 @@ def tensorpipe_transport_options(transports: Sequence[str], channels: Sequence[s
     return {"_transports": list(transports), "_channels": list(channels)}
 
 
+def _foreach(name: str) -> Any:
+    return require(torch, name, f"torch.{name}", "the fused multi-tensor math of the update rules")
+
+
 def foreach_copy_(dst: list[Tensor], src: list[Tensor]) -> None:
     """``torch._foreach_copy_(dst, src)``: one fused copy of many tensors."""
-    copy = require(torch, "_foreach_copy_", "torch._foreach_copy_", "multi-tensor copies of the update rules")
-    copy(dst, src)
+    _foreach("_foreach_copy_")(dst, src)
+
+
+def foreach_add_(dst: list[Tensor], src: list[Tensor]) -> None:
+    """``torch._foreach_add_(dst, src)``: ``d += s`` for every pair, fused."""
+    _foreach("_foreach_add_")(dst, src)
+
+
+def foreach_div(tensors: list[Tensor], divisor: float) -> list[Tensor]:
+    """``torch._foreach_div(tensors, divisor)``: new tensors ``t / divisor``, fused."""
+    result: list[Tensor] = _foreach("_foreach_div")(tensors, divisor)
+    return result

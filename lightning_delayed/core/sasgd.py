@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor
 
-from lightning_delayed._compat import mark_scheduler_stepped
+from lightning_delayed._compat import foreach_add_, foreach_div, mark_scheduler_stepped
 from lightning_delayed.comm.buckets import NonFiniteReductionError
 from lightning_delayed.comm.parameter_server import WorkerLostError
 from lightning_delayed.comm.stats import record_staleness
@@ -196,10 +196,10 @@ class ParameterServer:
                     divisor = max(sigma, 1)
                     scale = 1.0 / divisor
                     # g / max(sigma, 1), a division as in the rule (not a multiplication by 1/sigma).
-                    torch._foreach_add_(self._acc, torch._foreach_div(incoming, float(divisor)))
+                    foreach_add_(self._acc, foreach_div(incoming, float(divisor)))
                 else:
                     scale = 1.0
-                    torch._foreach_add_(self._acc, incoming)
+                    foreach_add_(self._acc, incoming)
             self._acc_count += 1
             applied = self._acc_count == self.c
             if applied:

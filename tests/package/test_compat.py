@@ -199,6 +199,18 @@ def test_foreach_copy(monkeypatch: pytest.MonkeyPatch) -> None:
     assert_loud(excinfo, "torch._foreach_copy_")
 
 
+def test_foreach_add_and_div(monkeypatch: pytest.MonkeyPatch) -> None:
+    acc, grads = [torch.zeros(2)], [torch.full((2,), 3.0)]
+    _compat.foreach_add_(acc, _compat.foreach_div(grads, 2.0))
+    assert torch.equal(acc[0], torch.full((2,), 1.5))
+    for name in ("_foreach_add_", "_foreach_div"):
+        with monkeypatch.context() as patch:
+            patch.delattr(torch, name)
+            with pytest.raises(PrivateAPIError) as excinfo:
+                _compat.foreach_add_(acc, _compat.foreach_div(grads, 2.0))
+            assert_loud(excinfo, f"torch.{name}")
+
+
 def test_lightning_private_types_are_only_type_hints() -> None:
     from lightning_delayed.strategies import base, sasgd
 
@@ -220,6 +232,8 @@ PRIVATE_NAMES = {
     "_transports",
     "_channels",
     "_foreach_copy_",
+    "_foreach_add_",
+    "_foreach_div",
 }
 
 
@@ -243,4 +257,55 @@ def test_private_names_are_touched_only_in_compat() -> None:
                 name = node.name.rsplit(".", 1)[-1]
             if name in PRIVATE_NAMES:
                 offenders.append(f"{path.relative_to(PACKAGE)}:{getattr(node, 'lineno', '?')}: {name}")
+    assert offenders == []
+
+
+def _package_trees() -> dict[Path, ast.Module]:
+    return {path: ast.parse(path.read_text(), str(path)) for path in sorted(PACKAGE.rglob("*.py"))}
+
+
+def _type_checking_nodes(tree: ast.Module) -> set[int]:
+    """ids of the nodes inside ``if TYPE_CHECKING:`` blocks."""
+    inside: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            inside.update(id(child) for stmt in node.body for child in ast.walk(stmt))
+    return inside
+
+
+def test_no_other_private_name_of_torch_or_lightning_is_used() -> None:
+    """Any ``x._name`` the package does not define itself must go through ``_compat``.
+
+    This catches private APIs this file does not know yet (a new ``torch._foreach_*``, a
+    ``dist.distributed_c10d._...``), and private names imported from torch or Lightning outside
+    ``if TYPE_CHECKING:``.
+    """
+    trees = _package_trees()
+    defined: set[str] = set()
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                defined.add(node.name)
+            elif isinstance(node, (ast.Assign, ast.AnnAssign, ast.AugAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+                for target in targets:
+                    for part in ast.walk(target):
+                        if isinstance(part, ast.Name):
+                            defined.add(part.id)
+                        elif isinstance(part, ast.Attribute):
+                            defined.add(part.attr)
+    offenders = []
+    for path, tree in trees.items():
+        if path.name == "_compat.py":
+            continue
+        type_checking = _type_checking_nodes(tree)
+        for node in ast.walk(tree):
+            where = f"{path.relative_to(PACKAGE)}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+                if node.attr not in defined:
+                    offenders.append(f"{where}: .{node.attr}")
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("torch", "lightning"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                if private and id(node) not in type_checking:
+                    offenders.append(f"{where}: from {node.module} import {private}")
     assert offenders == []
