@@ -194,3 +194,28 @@ def test_cli_refuses_a_bad_value_in_the_first_lines_of_the_error(
         )
     first_lines = str(info.value).splitlines()[:5]
     assert any(line in text for text in first_lines), "\n".join(first_lines)
+
+
+def test_a_refusal_keeps_a_builtin_type_and_names_any_other() -> None:
+    from lightning_delayed.strategies.checks import _same_type
+
+    same = _same_type("builtins", "ValueError", "local_lr must be > 0 [set-up refused on rank 1]")
+    assert type(same) is ValueError and str(same) == "local_lr must be > 0 [set-up refused on rank 1]"
+    other = _same_type("my_package.errors", "MyError", "bad [set-up refused on rank 0]")
+    assert type(other) is RuntimeError and str(other) == "my_package.errors.MyError: bad [set-up refused on rank 0]"
+    # a builtin whose constructor takes other arguments still gives an error with the message
+    odd = _same_type("builtins", "UnicodeDecodeError", "text")
+    assert type(odd) is RuntimeError and "UnicodeDecodeError: text" in str(odd)
+
+
+def test_a_refusal_on_a_single_process_is_the_original_error() -> None:
+    from lightning_delayed.strategies.checks import refuse_on_every_rank
+
+    original = ValueError("manual optimization")
+
+    def check() -> None:
+        raise original
+
+    with pytest.raises(ValueError) as info:
+        refuse_on_every_rank(check, "set-up")
+    assert info.value is original
