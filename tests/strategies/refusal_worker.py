@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import torch
@@ -34,4 +35,9 @@ MODULES = {"manual_on_rank1": ManualOnRank1, "plateau_on_rank1": PlateauOnRank1}
 
 
 def one_rank_refuses(strategy: str, module: str) -> None:
-    trainer(strategy, max_steps=2).fit(MODULES[module]())
+    try:
+        trainer(strategy, max_steps=2).fit(MODULES[module]())
+    except Exception:
+        # When this rank stopped (wall clock: the ranks are processes on one machine).
+        print(f"LD_STOPPED_AT {time.time():.3f}", flush=True)
+        raise

@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import inspect
 import math
+import sys
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from lightning.pytorch.cli import LightningCLI
 
 import lightning_delayed
+from examples.digits import DigitsCNN, DigitsDataModule
 from lightning_delayed import (
     CoCoDSGDStrategy,
     DaSGDStrategy,
@@ -160,3 +164,58 @@ def test_valid_arguments_still_construct() -> None:
     assert SASGDStrategy(worker_timeout=1.0, timeout=None).config.worker_timeout == 1.0
     # LightningCLI passes every DDP argument with its default; sasgd accepts those.
     assert ASGDStrategy(find_unused_parameters=False, static_graph=False).config.staleness_aware is False
+
+
+CLI_CONFIG = str(Path(__file__).resolve().parents[2] / "examples" / "configs" / "odsgd_class_path.yaml")
+
+
+@pytest.mark.parametrize(
+    ("arg", "line"),
+    [
+        ("--trainer.strategy.init_args.dc_lambda=.nan", "dc_lambda must be a finite number, got nan"),
+        ("--trainer.strategy.init_args.local_lr=.inf", "local_lr must be a finite number, got inf"),
+        ("--trainer.strategy.init_args.local_lr=-1", "local_lr must be None (use the optimizer's current LR) or"),
+        ("--trainer.strategy.init_args.bucket_cap_mb=.nan", "bucket_cap_mb must be a finite number, got nan"),
+    ],
+)
+def test_cli_refuses_a_bad_value_in_the_first_lines_of_the_error(
+    arg: str, line: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LightningCLI builds the strategy through jsonargparse, which reports an ``__init__`` error inside
+    its ``str | Strategy`` union message: ours must be one line, among the first lines of that message."""
+    monkeypatch.setattr(sys, "argv", ["cli.py"])
+    with pytest.raises(ValueError) as info:
+        LightningCLI(
+            DigitsCNN,
+            DigitsDataModule,
+            run=False,
+            save_config_callback=None,
+            args=["--config", CLI_CONFIG, "--trainer.devices=1", arg],
+        )
+    first_lines = str(info.value).splitlines()[:5]
+    assert any(line in text for text in first_lines), "\n".join(first_lines)
+
+
+def test_a_refusal_keeps_a_builtin_type_and_names_any_other() -> None:
+    from lightning_delayed.strategies.checks import _same_type
+
+    same = _same_type("builtins", "ValueError", "local_lr must be > 0 [set-up refused on rank 1]")
+    assert type(same) is ValueError and str(same) == "local_lr must be > 0 [set-up refused on rank 1]"
+    other = _same_type("my_package.errors", "MyError", "bad [set-up refused on rank 0]")
+    assert type(other) is RuntimeError and str(other) == "my_package.errors.MyError: bad [set-up refused on rank 0]"
+    # a builtin whose constructor takes other arguments still gives an error with the message
+    odd = _same_type("builtins", "UnicodeDecodeError", "text")
+    assert type(odd) is RuntimeError and "UnicodeDecodeError: text" in str(odd)
+
+
+def test_a_refusal_on_a_single_process_is_the_original_error() -> None:
+    from lightning_delayed.strategies.checks import refuse_on_every_rank
+
+    original = ValueError("manual optimization")
+
+    def check() -> None:
+        raise original
+
+    with pytest.raises(ValueError) as info:
+        refuse_on_every_rank(check, "set-up")
+    assert info.value is original
