@@ -74,7 +74,7 @@ def _feed(digest: Any, obj: Any) -> None:
     if isinstance(obj, Tensor):
         digest.update(f"T{obj.dtype}{tuple(obj.shape)}{obj.layout}".encode())
         if obj.layout == torch.strided and obj.numel() > 0:
-            flat = obj.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
+            flat = obj.detach().to("cpu").resolve_conj().resolve_neg().contiguous().reshape(-1).view(torch.uint8)
             digest.update(flat.numpy().data)
     elif isinstance(obj, Mapping):
         digest.update(f"D{len(obj)}".encode())

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 import torch
 
-from lightning_delayed import DaSGDStrategy, ODSGDStrategy, OverlapLocalSGDStrategy
+from lightning_delayed import AllReduceHook, DaSGDStrategy, ODSGDStrategy, OverlapLocalSGDStrategy
 from lightning_delayed.strategies.base import CHECKPOINT_KEY
-from lightning_delayed.strategies.checkpoint import CheckpointError, checksum, config_mismatch
+from lightning_delayed.strategies.checkpoint import CheckpointError, algorithm_config, checksum, config_mismatch
 from tests.helpers.launch import run_ranks_expecting_failure
 from tests.helpers.models import RegressionModule, SaveAt, trainer
 
@@ -135,8 +135,18 @@ def test_config_comparison_rules() -> None:
     ]
     # operational settings may change; arguments only one side knows (other versions) are skipped
     assert config_mismatch({"worker_timeout": 60.0, "old": 1}, {"worker_timeout": 5.0, "new": 2}) == []
-    assert "dc_lambda" in ODSGDStrategy().__dict__["config"].__dataclass_fields__
-    assert "alpha" in OverlapLocalSGDStrategy().__dict__["config"].__dataclass_fields__
+    # what is stored: every argument of the algorithm, and the communication
+    odsgd = algorithm_config(ODSGDStrategy(dc_lambda=0.1, compression="fp16", error_feedback=False))
+    assert odsgd == {
+        "local_lr": None,
+        "dc_lambda": 0.1,
+        "warmup_steps": 0,
+        "compression": "fp16",
+        "error_feedback": False,
+        "comm_hook": None,
+    }
+    overlap = algorithm_config(OverlapLocalSGDStrategy(alpha=0.3, comm_hook=AllReduceHook()))
+    assert overlap["alpha"] == 0.3 and overlap["comm_hook"] == "lightning_delayed.comm.communicator.AllReduceHook"
 
 
 def test_checkpoint_without_checksum_or_config_still_resumes(checkpoints: tuple[Path, Path], tmp_path: Path) -> None:
