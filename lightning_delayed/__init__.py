@@ -42,12 +42,14 @@ __version__ = "0.1.0"
 _LIGHTNING_NAMES = (
     "ASGDStrategy",
     "AveragingStrategy",
+    "CheckpointError",
     "CoCoDSGDStrategy",
     "CommMonitor",
     "DaSGDStrategy",
     "DelayedStrategy",
     "DiLoCoStrategy",
     "LocalSGDStrategy",
+    "NonFiniteCheckpointError",
     "ODSGDStrategy",
     "OverlapLocalSGDStrategy",
     "SASGDStrategy",
@@ -94,6 +96,8 @@ if _LIGHTNING_ERROR is None:
         StreamingDiLoCoStrategy,
     )
     from lightning_delayed.strategies.averaging import AveragingStrategy
+    from lightning_delayed.strategies.checkpoint import CheckpointError
+    from lightning_delayed.strategies.finite import NonFiniteCheckpointError
 
     check_ddp_hook_override()
     register_all()
@@ -115,6 +119,7 @@ __all__ = [
     "AllReduceHook",
     "AveragingAlgorithm",
     "AveragingStrategy",
+    "CheckpointError",
     "CoCoDSGDStrategy",
     "CommHook",
     "CommMonitor",
@@ -133,6 +138,7 @@ __all__ = [
     "LocalGradientHook",
     "LocalSGDConfig",
     "LocalSGDStrategy",
+    "NonFiniteCheckpointError",
     "NonFiniteReductionError",
     "ODSGDConfig",
     "ODSGDStrategy",

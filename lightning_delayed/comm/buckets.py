@@ -13,7 +13,10 @@ Hazard this layout avoids::
 
 from __future__ import annotations
 
+import contextlib
 import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -24,7 +27,7 @@ from torch import Tensor
 from lightning_delayed.comm import stats as comm_stats
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
 DEFAULT_BUCKET_CAP_MB = 25.0
 """Bucket cap in MiB, the same default as DDP."""
@@ -38,17 +41,49 @@ class CommunicationError(RuntimeError):
     """A collective failed: a rank died, the network broke, or the timeout expired."""
 
 
+def communication_error(what: str, error: BaseException, operation: str = "all-reduce") -> CommunicationError:
+    """The error a failed collective raises: what failed, what to check, and the backend's own words."""
+    return CommunicationError(
+        f"the {operation} of the {what} failed: another rank has probably died or stopped responding "
+        "(check the other ranks' logs for the first error), or the network between ranks broke, or "
+        f"the strategy's `timeout` expired. Backend error: {error}"
+    )
+
+
 def wait_work(work: Any, what: str) -> None:
     """``work.wait()``, turning the backend's error into one that says what failed and what to check."""
     try:
         with comm_stats.blocked():  # the monitor's "time blocked on communication"
             work.wait()
     except RuntimeError as e:
-        raise CommunicationError(
-            f"the all-reduce of the {what} failed: another rank has probably died or stopped responding "
-            "(check the other ranks' logs for the first error), or the network between ranks broke, or "
-            f"the strategy's `timeout` expired. Backend error: {e}"
-        ) from e
+        raise communication_error(what, e) from e
+
+
+# What gloo and NCCL say when a peer is gone; a collective that torch runs for us (DDP's own
+# all-reduce inside backward) raises these as plain RuntimeErrors.
+_BACKEND_FAILURE = re.compile(
+    r"gloo|nccl|connection (reset|closed|refused)|broken pipe|timed out|socket timeout", re.IGNORECASE
+)
+
+
+def is_backend_failure(error: BaseException) -> bool:
+    """Whether ``error`` is a process-group backend failing (not already wrapped, not a user error)."""
+    if isinstance(error, CommunicationError):
+        return False
+    if isinstance(error, dist.DistError):
+        return True
+    return isinstance(error, RuntimeError) and _BACKEND_FAILURE.search(str(error)) is not None
+
+
+@contextlib.contextmanager
+def communication_errors(what: str, operation: str = "all-reduce") -> Iterator[None]:
+    """Re-raise a backend failure inside the block as :class:`CommunicationError` (other errors pass)."""
+    try:
+        yield
+    except RuntimeError as e:
+        if not is_backend_failure(e):
+            raise
+        raise communication_error(what, e, operation) from e
 
 
 class Pending(Protocol):

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from typing_extensions import override
 
+from lightning_delayed.comm.buckets import communication_errors
+from lightning_delayed.comm.hooks import DDPGradientHook
+from lightning_delayed.core.base import DelayedAlgorithm
 from lightning_delayed.core.ssgd import SynchronousSGD
 from lightning_delayed.strategies.base import DelayedStrategy
 
@@ -28,7 +32,9 @@ class SSGDStrategy(DelayedStrategy):
     that communicator during backward and the step waits for it right after backward; with
     ``compression="fp16"``/``"bf16"`` this is compressed SGD *with* error feedback (per parameter,
     in checkpoints), unlike torch's ``fp16_compress_hook``/``bf16_compress_hook``, which have none.
-    Accepts every :class:`DelayedStrategy` argument.
+    Accepts every :class:`DelayedStrategy` argument. With ``check_finite`` (the default), DDP's
+    average is checked for NaN/Inf after backward; a peer lost during DDP's own collectives (the
+    gradient all-reduce, the buffer broadcast) raises :class:`~lightning_delayed.CommunicationError`.
     """
 
     strategy_name = "ssgd"
@@ -43,3 +49,16 @@ class SSGDStrategy(DelayedStrategy):
             # DDP's own C++ reduction: nothing checks its average but this.
             return SynchronousSGD(params, check_finite=self.check_finite)
         return SynchronousSGD(params, self.ddp_hook)
+
+    @override
+    def training_step(self, *args: Any, **kwargs: Any) -> Any:
+        # DDP's forward broadcasts the buffers from rank 0 (broadcast_buffers=True), on the world group.
+        with communication_errors("buffers from rank 0", operation="broadcast"):
+            return super().training_step(*args, **kwargs)
+
+    @override
+    def backward(self, closure_loss: Tensor, optimizer: Optimizer | None, *args: Any, **kwargs: Any) -> Tensor:
+        # Without a hook the gradient all-reduce is DDP's own, inside backward: its failure is gloo's or
+        # NCCL's raw error unless translated here.
+        with communication_errors("gradients"):
+            return super().backward(closure_loss, optimizer, *args, **kwargs)

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from lightning_delayed import ODSGDStrategy
+from lightning_delayed import CommunicationError, ODSGDStrategy
+from lightning_delayed.comm.buckets import communication_errors
 from tests.helpers.launch import run_ranks_expecting_failure
 from tests.helpers.models import RegressionModule, trainer
 
@@ -84,3 +85,31 @@ def test_a_good_last_checkpoint_is_not_overwritten_by_nan_weights(tmp_path: Path
     assert last["global_step"] == 2, "last.ckpt is not the one written before the NaN step"
     for name, tensor in last["state_dict"].items():
         assert torch.isfinite(tensor).all(), name
+
+
+def test_a_dead_peer_under_ssgd_is_a_communication_error() -> None:
+    # ssgd's all-reduce is DDP's own, inside backward; gloo's raw "Connection reset by peer" must be wrapped.
+    outcome = run_ranks_expecting_failure("tests.strategies.strategy_worker:rank_dies", strategy="ssgd", timeout=120)
+    assert outcome.failure is not None and "did not finish" not in outcome.failure, "a rank hung"
+    assert outcome.returncodes[1] == 3
+    assert outcome.returncodes[0] not in (0, None)
+    assert (
+        "CommunicationError: the all-reduce of the gradients failed: another rank has probably died" in outcome.logs[0]
+    ), outcome.logs[0][-3000:]
+
+
+def test_only_backend_failures_become_communication_errors() -> None:
+    gloo = "[third_party/gloo/gloo/transport/tcp/pair.cc:545] Read error [127.0.0.1]:1: Connection reset by peer"
+    broadcast = r"the broadcast of the buffers failed: .*Connection reset by peer"
+    with pytest.raises(CommunicationError, match=broadcast), communication_errors("buffers", operation="broadcast"):
+        raise RuntimeError(gloo)
+    nccl = torch.distributed.DistBackendError("NCCL communicator was aborted")
+    with (
+        pytest.raises(CommunicationError, match="the all-reduce of the gradients failed"),
+        communication_errors("gradients"),
+    ):
+        raise nccl
+    user_error = RuntimeError("element 0 of tensors does not require grad and does not have a grad_fn")
+    with pytest.raises(RuntimeError) as raised, communication_errors("gradients"):
+        raise user_error
+    assert raised.value is user_error
