@@ -108,7 +108,11 @@ def test_single_device_trains_and_ends_on_theta() -> None:
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    # An in-process fit earlier in this session left Lightning's MASTER_PORT (still bound by its store)
+    # in os.environ; the child must pick its own port.
+    leaked = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK")
+    env = {k: v for k, v in os.environ.items() if k not in leaked}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.run(
         [sys.executable, str(REPO / "examples" / "cli.py"), *args],
         cwd=REPO,
