@@ -59,7 +59,8 @@ class SASGDConfig:
     Args:
         softsync: ``n`` of n-softsync, ``1 <= n <= N``; ``None`` means ``N`` (fully asynchronous).
         staleness_aware: divide each gradient by ``max(sigma, 1)``; ``False`` is plain ASGD.
-        worker_timeout: seconds without a push or heartbeat after which a worker counts as lost.
+        worker_timeout: seconds a connected worker may send no push or heartbeat before it counts
+            as lost (a worker whose process ends counts as lost at once).
     """
 
     softsync: int | None = None

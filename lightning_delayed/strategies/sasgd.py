@@ -70,8 +70,10 @@ class SASGDStrategy(DelayedStrategy):
     Args:
         softsync: ``n`` of n-softsync, ``1 <= n <= N``; ``None`` (default) is ``N``: an update per gradient.
         staleness_aware: scale gradients by ``1/max(staleness, 1)`` (default); ``False`` is plain ASGD.
-        worker_timeout: seconds without a push or heartbeat after which the server declares a worker
-            lost and every other worker stops with an error naming it (default 60).
+        worker_timeout: seconds a worker may stay connected but silent (no push or heartbeat: stopped,
+            hung, cut off) before the server declares it lost and every other worker stops with an
+            error naming it (default 60). A worker whose process ends is declared lost at once; a
+            slow step is not silence (heartbeats run on their own thread).
         check_finite: refuse a pushed gradient with NaN or Inf (the error names the rank).
         compression: ``"fp16"`` / ``"bf16"`` sends the pushed gradients in that dtype, with error feedback
             (``error_feedback=True``); ``theta`` is pulled at full precision.

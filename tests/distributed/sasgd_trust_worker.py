@@ -46,8 +46,9 @@ def frozen_layer() -> dict[str, Any]:
 
 class ForeignParameter(RegressionModule):
     def configure_optimizers(self) -> Any:
-        self.stranger = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))  # not registered in the module
-        return torch.optim.SGD([*self.parameters(), self.stranger], lr=0.05)
+        # Kept in a list, so the module does not register it: a trainable tensor outside the module.
+        self.strangers = [torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))]
+        return torch.optim.SGD([*self.parameters(), *self.strangers], lr=0.05)
 
 
 def foreign_parameter() -> None:
