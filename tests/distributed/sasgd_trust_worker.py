@@ -137,9 +137,13 @@ class ListenersAfterRPC(L.Callback):
             self.during = listening_sockets()
 
 
-def listeners(master_addr: str) -> dict[str, Any]:
+def listeners(master_addr: str, tp_ifname: str | None) -> dict[str, Any]:
     os.environ["MASTER_ADDR"] = master_addr  # read by Lightning when it sets up the process group
-    os.environ.pop("TP_SOCKET_IFNAME", None)
+    os.environ.pop("GLOO_SOCKET_IFNAME", None)
+    if tp_ifname is None:
+        os.environ.pop("TP_SOCKET_IFNAME", None)
+    else:
+        os.environ["TP_SOCKET_IFNAME"] = tp_ifname
     probe = ListenersAfterRPC()
     trainer(SASGDStrategy(), max_steps=3, callbacks=[probe]).fit(RegressionModule(n_batches=3))
     return {

@@ -10,7 +10,7 @@ import torch
 
 from tests.helpers.launch import run_ranks, run_ranks_expecting_failure
 from tests.helpers.models import build_net
-from tests.helpers.sockets import WILDCARDS, local_ipv4_addresses
+from tests.helpers.sockets import WILDCARDS, local_ipv4_interfaces
 
 
 def _marks(log: str, what: str) -> list[tuple[float, str]]:
@@ -100,18 +100,26 @@ def test_malformed_pushes_from_a_peer_are_refused_and_the_server_goes_on() -> No
     assert rank1["last"] == (1, 3)
 
 
-ADDRESSES = ["127.0.0.1", *local_ipv4_addresses()[:1]]
+def _listener_cases() -> list[tuple[str, str | None, str, str]]:
+    """(MASTER_ADDR, TP_SOCKET_IFNAME, the interface and the address the RPC agent must listen on)."""
+    cases: list[tuple[str, str | None, str, str]] = [("127.0.0.1", None, "lo", "127.0.0.1")]
+    for name, address in local_ipv4_interfaces()[:1]:
+        cases.append((address, None, name, address))  # follows MASTER_ADDR off loopback (the host name says 127.0.0.1)
+        cases.append(("127.0.0.1", name, name, address))  # the user's TP_SOCKET_IFNAME wins
+    return cases
 
 
-@pytest.mark.parametrize("master_addr", ADDRESSES)
-def test_the_rpc_agent_listens_on_master_addr_not_on_every_interface(master_addr: str) -> None:
-    results = run_ranks("tests.distributed.sasgd_trust_worker:listeners", master_addr=master_addr)
+@pytest.mark.parametrize(("master_addr", "tp_ifname", "interface", "expected"), _listener_cases())
+def test_the_rpc_agent_listens_on_one_interface_not_on_every_one(
+    master_addr: str, tp_ifname: str | None, interface: str, expected: str
+) -> None:
+    results = run_ranks("tests.distributed.sasgd_trust_worker:listeners", master_addr=master_addr, tp_ifname=tp_ifname)
     for r, res in enumerate(results):
         added = res["added"]
         assert added, f"rank {r}: starting RPC opened no listener?"
         assert not [a for a in added if a[0] in WILDCARDS], f"rank {r} listens on a wildcard address: {added}"
-        assert master_addr in {a[0] for a in added}, f"rank {r}: the RPC agent is not on {master_addr}: {added}"
-        assert res["tp_ifname"]
+        assert expected in {a[0] for a in added}, f"rank {r}: the RPC agent is not on {expected}: {added}"
+        assert res["tp_ifname"] == interface
 
 
 def test_batchnorm_statistics_end_averaged_over_the_ranks() -> None:

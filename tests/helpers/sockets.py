@@ -39,13 +39,13 @@ def listening_sockets() -> set[tuple[str, int]]:
     return found
 
 
-def local_ipv4_addresses() -> list[str]:
-    """This host's IPv4 addresses other than loopback (the interfaces a multi-node run would use)."""
+def local_ipv4_interfaces() -> list[tuple[str, str]]:
+    """``(name, address)`` of this host's IPv4 interfaces other than loopback (what a multi-node run uses)."""
     from lightning_delayed.comm.rpc_network import interface_address
 
     found = []
     for _, name in socket.if_nameindex():
         address = interface_address(name)
         if address is not None and not address.startswith("127."):
-            found.append(address)
+            found.append((name, address))
     return found
