@@ -185,7 +185,7 @@ class LivenessWatch:
 # ---------------------------------------------------------------------- agent life cycle
 
 
-def start_rpc(rank: int, world_size: int, master_addr: str, master_port: int, timeout: timedelta) -> str | None:
+def start_rpc(rank: int, world_size: int, master_addr: str, master_port: int | None, timeout: timedelta) -> str | None:
     """Start this process's RPC agent. Collective over the default process group.
 
     The agent listens on one interface (:func:`~lightning_delayed.comm.rpc_network.pin_rpc_interface`)

@@ -100,15 +100,22 @@ def _handler(url: str, **kwargs: Any) -> Iterator[tuple[Store, int, int]]:
     yield store, int(query["rank"][0]), int(query["world_size"][0])
 
 
-def rendezvous_url(token: str, master_addr: str, master_port: int, timeout: timedelta) -> str:
+def rendezvous_url(token: str, master_addr: str, master_port: int | None, timeout: timedelta) -> str:
     """An ``init_method`` for ``rpc.init_rpc`` that meets on the default process group's store.
 
     Every rank connects as a client to the store already listening on ``master_addr:master_port``
-    (the one ``init_process_group`` made) and uses keys under a prefix of its own, ``token``, which
-    must be the same on every rank and new for every start of the agent.
+    (the one ``init_process_group`` made, through Lightning, which always sets ``MASTER_PORT``) and
+    uses keys under a prefix of its own, ``token``, which must be the same on every rank and new for
+    every start of the agent. Without a port (a process group the user started some other way), the
+    default group's own store object is used.
     """
     global _registered
-    store = TCPStore(master_addr, master_port, is_master=False, timeout=timeout, wait_for_workers=False)
+    if master_port:
+        store: Store = TCPStore(master_addr, master_port, is_master=False, timeout=timeout, wait_for_workers=False)
+    else:
+        from torch.distributed.distributed_c10d import _get_default_store  # private: no public accessor
+
+        store = _get_default_store()
     with _LOCK:
         if not _registered:
             register_rendezvous_handler(_SCHEME, _handler)

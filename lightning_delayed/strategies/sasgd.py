@@ -175,7 +175,7 @@ class SASGDStrategy(DelayedStrategy):
         self.server = server
         ps.install_server(server)
         master_addr = os.environ.get("MASTER_ADDR", "127.0.0.1")
-        master_port = int(os.environ.get("MASTER_PORT", "0"))
+        master_port = int(os.environ["MASTER_PORT"]) if os.environ.get("MASTER_PORT") else None
         timeout = self._timeout or torch.distributed.constants.default_pg_timeout
         ps.start_rpc(rank, world, master_addr, master_port, timeout)
         self._rpc_up = True

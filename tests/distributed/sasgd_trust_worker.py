@@ -217,3 +217,22 @@ def batchnorm() -> dict[str, Any]:
     own = BuffersAtTrainEnd()
     trainer(SASGDStrategy(), max_epochs=1, callbacks=[own]).fit(module)
     return {"own": own.buffers, "final": [b.detach().clone() for b in module.buffers()]}
+
+
+def without_master_port() -> dict[str, Any]:
+    """A process group started without MASTER_PORT (file:// rendezvous): RPC meets on its store all the same."""
+    r = int(os.environ["RANK"])
+    port = os.environ.pop("MASTER_PORT")
+    dist.init_process_group("gloo", init_method=f"file://{os.environ['LD_TEST_TMP']}/pg-{port}", rank=r, world_size=2)
+    theta = [torch.zeros(2, dtype=torch.float64)]
+    server = None
+    if r == 0:
+        server = ParameterServer(SASGDConfig(), theta, torch.optim.SGD(theta, lr=1.0), 2)
+        ps.install_server(server)
+    ps.start_rpc(r, 2, os.environ["MASTER_ADDR"], None, timedelta(seconds=60))
+    client = ps.ServerClient(r, heartbeat_s=1.0)
+    dist.barrier()
+    _, _, version, _ = client.push([torch.full((2,), float(r + 1), dtype=torch.float64)], 0)
+    client.finish()
+    ps.shutdown_rpc(graceful=True, timeout=30)
+    return {"final": None if server is None else server.theta[0].clone(), "version": version}

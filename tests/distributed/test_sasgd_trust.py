@@ -132,3 +132,10 @@ def test_batchnorm_statistics_end_averaged_over_the_ranks() -> None:
         mean = (own0[k] + own1[k]) / 2
         for res in results:
             torch.testing.assert_close(res["final"][k], mean, rtol=0, atol=1e-15)
+
+
+def test_rpc_starts_on_a_process_group_made_without_master_port() -> None:
+    rank0, _ = run_ranks("tests.distributed.sasgd_trust_worker:without_master_port")
+    # Both pushes (1 and 2) computed at version 0 and applied with lr 1: staleness 0 and 1, so
+    # divisors max(0, 1) = max(1, 1) = 1 whichever came first.
+    assert torch.equal(rank0["final"], torch.full((2,), -3.0, dtype=torch.float64))
