@@ -19,6 +19,7 @@ breaks one fails CI on that entry.
 | ``LRScheduler._step_count``                              | core/sasgd.py         | a torch warning per server step  |
 | ``TensorPipeRpcBackendOptions(_transports, _channels)``  | comm/parameter_server | ``LD_RPC_TRANSPORTS``            |
 | ``torch._foreach_copy_/_add_/_div``                      | core/base, core/sasgd | fused multi-tensor math          |
+| ``distributed_c10d._get_default_store()``                | comm/rpc_network.py   | sasgd RPC without ``MASTER_PORT``|
 | ``lightning...types._PATH``, ``..._StrategyRegistry``    | strategies (hints)    | nothing: under ``TYPE_CHECKING`` |
 
 ``_register_ddp_hooks`` is overridden and ``_broadcast_sigterm_tensor`` replaced, so renamed they
@@ -210,6 +211,23 @@ def tensorpipe_transport_options(transports: Sequence[str], channels: Sequence[s
             "LD_RPC_TRANSPORTS chooses TensorPipe's transport (TCP between emulated nodes)",
         )
     return {"_transports": list(transports), "_channels": list(channels)}
+
+
+def default_store() -> Any:
+    """The default process group's store (``torch.distributed.distributed_c10d._get_default_store``).
+
+    Used only when ``MASTER_PORT`` is unset (a process group the user started some other way): the
+    sasgd RPC agent then meets on that store, since torch has no public accessor for it.
+    """
+    import torch.distributed.distributed_c10d as c10d
+
+    getter = require(
+        c10d,
+        "_get_default_store",
+        "torch.distributed.distributed_c10d._get_default_store",
+        "sasgd's RPC agent meets on the default group's store when MASTER_PORT is unset",
+    )
+    return getter()
 
 
 def _foreach(name: str) -> Any:

@@ -22,8 +22,12 @@ Choices the rule leaves open (``docs/algorithms/sasgd.md``):
       ``frequency`` server updates; ``interval="epoch"`` schedulers step after every ``frequency``
       *data passes*, one data pass being N worker-epochs reported to the server (with equal shards,
       one pass over the whole dataset).
-    * A worker counts as lost when the server has not heard from it (push or heartbeat) for
-      ``worker_timeout`` seconds before it said it was done.
+    * A worker counts as lost when its process ends before it said it was done (its connection
+      closes: noticed at once), or when the server has not heard from it (push or heartbeat) for
+      ``worker_timeout`` seconds. Heartbeats come from a thread of their own, so a slow step is
+      never silence; only a stopped, hung or cut-off process is.
+    * A push the server refuses (wrong number, shape or kind of tensors, NaN/Inf) leaves ``theta``,
+      the accumulator and the counters unchanged; the pushing worker gets the reason.
 """
 
 from __future__ import annotations
@@ -64,7 +68,8 @@ class SASGDConfig:
     Args:
         softsync: ``n`` of n-softsync, ``1 <= n <= N``; ``None`` means ``N`` (fully asynchronous).
         staleness_aware: divide each gradient by ``max(sigma, 1)``; ``False`` is plain ASGD.
-        worker_timeout: seconds without a push or heartbeat after which a worker counts as lost.
+        worker_timeout: seconds a connected worker may send no push or heartbeat before it counts
+            as lost (a worker whose process ends counts as lost at once).
     """
 
     softsync: int | None = None
@@ -168,7 +173,7 @@ class ParameterServer:
         now = clock()
         self._last_seen = [now] * world_size
         self._done = [False] * world_size
-        self._lost: list[int] = []
+        self._lost: dict[int, str] = {}  # rank -> why it counts as lost
 
     # ------------------------------------------------------------------ the rule
 
@@ -177,13 +182,13 @@ class ParameterServer:
         with self._cond:
             self._touch(rank)
             self._raise_if_lost(rank)
+            # Every check before the first write: a refused push must leave no trace.
+            _check_push(rank, grads, version, self.theta)
             sigma = self.version - version
-            if sigma < 0 or version < 0:
+            if sigma < 0:
                 raise ValueError(
                     f"rank {rank} pushed a gradient of version {version}, but the server is at {self.version}"
                 )
-            if len(grads) != len(self.theta):
-                raise ValueError(f"rank {rank} pushed {len(grads)} gradients for {len(self.theta)} parameters")
             incoming = [g.to(a.device, a.dtype) for g, a in zip(grads, self._acc, strict=True)]
             if self.check_finite and not all(bool(torch.isfinite(g).all()) for g in incoming):
                 raise NonFiniteReductionError(
@@ -256,7 +261,7 @@ class ParameterServer:
     # ------------------------------------------------------------------ liveness and the end
 
     def _touch(self, rank: int) -> None:
-        if not 0 <= rank < self.world_size:
+        if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < self.world_size:
             raise ValueError(f"unknown worker rank {rank}: the server has ranks 0..{self.world_size - 1}")
         self._last_seen[rank] = self.clock()
 
@@ -264,18 +269,29 @@ class ParameterServer:
         with self._cond:
             self._touch(rank)
 
+    def connection_lost(self, rank: int, why: str) -> None:
+        """Worker ``rank``'s process is gone (``why``): lost at once, unless it had said it was done."""
+        with self._cond:
+            if not self._done[rank] and rank not in self._lost:
+                self._lost[rank] = why
+                self._cond.notify_all()
+
     def _raise_if_lost(self, asking: int) -> None:
         now = self.clock()
         for r in range(self.world_size):
             if r not in self._lost and not self._done[r] and now - self._last_seen[r] > self.config.worker_timeout:
-                self._lost.append(r)
+                self._lost[r] = (
+                    f"its process is connected but has sent no push or heartbeat for more than "
+                    f"worker_timeout={self.config.worker_timeout:g} s: it is stopped, hung or cut off by the network "
+                    "(a slow step still sends heartbeats; raise worker_timeout to wait longer for a stopped worker)"
+                )
         if self._lost:
             self._cond.notify_all()
             lost = ", ".join(str(r) for r in self._lost)
+            why = "; ".join(f"rank {r}: {w}" for r, w in self._lost.items())
             raise WorkerLostError(
-                f"sasgd lost worker rank {lost}: the parameter server has not heard from it for more than "
-                f"worker_timeout={self.config.worker_timeout:g} s (rank {asking} is stopping too). Check rank "
-                f"{lost}'s log for the first error; raise worker_timeout if its steps are legitimately that slow."
+                f"sasgd lost worker rank {lost} (rank {asking} is stopping too): {why}. Check rank {lost}'s log for "
+                "the first error."
             )
 
     def done(self, rank: int) -> None:
@@ -335,22 +351,45 @@ class ParameterServer:
             self.worker_epochs = int(state["worker_epochs"])
 
 
+def _check_push(rank: int, grads: Any, version: Any, theta: Sequence[Tensor]) -> None:
+    """Refuse a push that is not one dense floating-point tensor per parameter, of its shape."""
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise TypeError(f"rank {rank} pushed version {version!r}; a version is an integer >= 0")
+    if not isinstance(grads, (list, tuple)) or not all(isinstance(g, Tensor) for g in grads):
+        raise TypeError(f"rank {rank} pushed {type(grads).__name__}; a push is a list of tensors")
+    if len(grads) != len(theta):
+        raise ValueError(f"rank {rank} pushed {len(grads)} gradients for {len(theta)} parameters")
+    for k, (g, t) in enumerate(zip(grads, theta, strict=True)):
+        if g.layout != torch.strided or not g.is_floating_point():
+            raise TypeError(f"rank {rank} pushed a {g.layout} {g.dtype} gradient for parameter {k}; need dense float")
+        if g.shape != t.shape:
+            raise ValueError(
+                f"rank {rank} pushed a gradient of shape {tuple(g.shape)} for parameter {k} of shape {tuple(t.shape)}"
+            )
+
+
 def server_optimizer(optimizer: Optimizer, params: Sequence[Tensor], theta: Sequence[Tensor]) -> Optimizer:
     """The user's optimizer rebuilt over ``theta``: same class, param groups, hyperparameters and state.
 
-    ``params[k]`` (the module's parameter) is replaced by ``theta[k]`` in every param group.
+    ``params[k]`` (the module's trainable parameter) is replaced by ``theta[k]`` in every param group.
+    A frozen parameter (``requires_grad=False``) in the optimizer, as ``SGD(self.parameters())``
+    with a frozen layer gives, becomes an empty placeholder: it never gets a gradient, so torch's
+    optimizer skips it exactly as it skips the frozen parameter on one process, and the group
+    layout (and with it the optimizer's state indices) stays the user's.
     """
     theta_of = {id(p): t for p, t in zip(params, theta, strict=True)}
     groups = []
     for group in optimizer.param_groups:
-        missing = [p for p in group["params"] if id(p) not in theta_of]
-        if missing:
+        foreign = [p for p in group["params"] if id(p) not in theta_of and p.requires_grad]
+        if foreign:
             raise ValueError(
-                "the optimizer holds a parameter that is not a trainable parameter of the module; sasgd's server "
-                "steps exactly the module's trainable parameters"
+                f"the optimizer holds {len(foreign)} trainable parameter(s) (shapes "
+                f"{[tuple(p.shape) for p in foreign]}) that are not parameters of the module; sasgd's server steps "
+                "the module's trainable parameters only. Build the optimizer from self.parameters()"
             )
         hyper = {k: v for k, v in group.items() if k != "params"}
-        groups.append({**hyper, "params": [theta_of[id(p)] for p in group["params"]]})
+        placed = [theta_of[id(p)] if id(p) in theta_of else torch.empty(0, dtype=p.dtype) for p in group["params"]]
+        groups.append({**hyper, "params": placed})
     try:
         rebuilt = type(optimizer)(groups, **optimizer.defaults)
     except TypeError as e:

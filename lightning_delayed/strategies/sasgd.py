@@ -76,8 +76,10 @@ class SASGDStrategy(DelayedStrategy):
     Args:
         softsync: ``n`` of n-softsync, ``1 <= n <= N``; ``None`` (default) is ``N``: an update per gradient.
         staleness_aware: scale gradients by ``1/max(staleness, 1)`` (default); ``False`` is plain ASGD.
-        worker_timeout: seconds without a push or heartbeat after which the server declares a worker
-            lost and every other worker stops with an error naming it (default 60).
+        worker_timeout: seconds a worker may stay connected but silent (no push or heartbeat: stopped,
+            hung, cut off) before the server declares it lost and every other worker stops with an
+            error naming it (default 60). A worker whose process ends is declared lost at once; a
+            slow step is not silence (heartbeats run on their own thread).
         check_finite: refuse a pushed gradient with NaN or Inf (the error names the rank).
         compression: ``"fp16"`` / ``"bf16"`` sends the pushed gradients in that dtype, with error feedback
             (``error_feedback=True``); ``theta`` is pulled at full precision.
@@ -172,28 +174,37 @@ class SASGDStrategy(DelayedStrategy):
     def build_algorithm(self, params: Sequence[Tensor], optimizer: Optimizer) -> DelayedAlgorithm:
         world = dist.get_world_size() if dist.is_initialized() else 1
         rank = self.global_rank
-        server = None
+        server, error = None, None
         if rank == ps.SERVER_RANK:
-            theta = [p.detach().to("cpu", copy=True) for p in params]
-            rebuilt = server_optimizer(optimizer, params, theta)
-            schedulers = [
-                ServerScheduler(server_scheduler(cfg.scheduler, optimizer, rebuilt), cfg.interval, cfg.frequency)
-                for cfg in self.lr_scheduler_configs
-            ]
-            server = ParameterServer(self.config, theta, rebuilt, world, schedulers, check_finite=self.check_finite)
+            try:
+                server = self._build_server(params, optimizer, world)
+            except (ValueError, TypeError) as e:
+                error = e
+        _refuse_on_every_rank(error)
         # The schedules run on the server; Lightning must not step the workers' copies.
         self.lr_scheduler_configs = []
         self.server = server
         ps.install_server(server)
         master_addr = os.environ.get("MASTER_ADDR", "127.0.0.1")
-        ps.start_rpc(
-            rank, world, master_addr, collective_timeout(self) or torch.distributed.constants.default_pg_timeout
-        )
+        master_port = int(os.environ["MASTER_PORT"]) if os.environ.get("MASTER_PORT") else None
+        timeout = collective_timeout(self) or torch.distributed.constants.default_pg_timeout
+        ps.start_rpc(rank, world, master_addr, master_port, timeout)
         self._rpc_up = True
+        if server is not None:
+            ps.LivenessWatch(server, world).start()
         self.client = ps.ServerClient(rank, heartbeat_s=min(1.0, self.config.worker_timeout / 10))
         self.client.start_heartbeat()
         compressor = None if self.compression == "none" else Compressor(self.compression, self.error_feedback)  # type: ignore[arg-type]
         return SASGDWorker(params, optimizer, self.client, server, compressor)
+
+    def _build_server(self, params: Sequence[Tensor], optimizer: Optimizer, world: int) -> ParameterServer:
+        theta = [p.detach().to("cpu", copy=True) for p in params]
+        rebuilt = server_optimizer(optimizer, params, theta)
+        schedulers = [
+            ServerScheduler(server_scheduler(cfg.scheduler, optimizer, rebuilt), cfg.interval, cfg.frequency)
+            for cfg in self.lr_scheduler_configs
+        ]
+        return ParameterServer(self.config, theta, rebuilt, world, schedulers, check_finite=self.check_finite)
 
     @override
     def setup(self, trainer: pl.Trainer) -> None:
@@ -354,6 +365,19 @@ class ASGDStrategy(SASGDStrategy):
                 "asgd is sasgd with staleness_aware=False; use strategy='sasgd' for the staleness-aware rule"
             )
         super().__init__(softsync=softsync, staleness_aware=False, worker_timeout=worker_timeout, **kwargs)
+
+
+def _refuse_on_every_rank(error: Exception | None) -> None:
+    """Raise the server rank's set-up refusal on every rank (a refusal on rank 0 alone leaves the others
+    waiting for a server that never starts)."""
+    box: list[Any] = [None if error is None else (type(error).__name__, str(error))]
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast_object_list(box, src=ps.SERVER_RANK)
+    if box[0] is not None:
+        if error is not None:
+            raise error
+        kind, message = box[0]
+        raise (TypeError if kind == "TypeError" else ValueError)(message)
 
 
 def _local_sigterm_check(trainer: pl.Trainer) -> None:

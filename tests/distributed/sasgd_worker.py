@@ -64,6 +64,16 @@ class Clock(L.Callback):
         self.last_batch_end = time.time()
 
 
+class PushedGradients(L.Callback):
+    """The gradient of every step, as the worker pushes it (clipping and hooks have run)."""
+
+    def __init__(self) -> None:
+        self.grads: list[list[torch.Tensor]] = []
+
+    def on_before_optimizer_step(self, trainer: L.Trainer, pl_module: L.LightningModule, *args: Any) -> None:
+        self.grads.append([p.grad.detach().clone() for p in pl_module.parameters()])
+
+
 def _server_view(strategy: SASGDStrategy) -> dict[str, Any]:
     server = strategy.server
     if server is None:
@@ -80,10 +90,11 @@ def _server_view(strategy: SASGDStrategy) -> dict[str, Any]:
 def asynchrony(slow_rank: int, delay: float, steps: int, aware: bool, softsync: int | None = None) -> dict[str, Any]:
     module = SlowRank(slow_rank, delay, n_batches=steps, opt={"kind": "sgd", "lr": 0.02, "momentum": 0.0})
     strategy = SASGDStrategy(softsync=softsync) if aware else ASGDStrategy(softsync=softsync)
-    logger, clock = RecordingLogger(), Clock()
-    trainer(strategy, max_epochs=1, logger=logger, log_every_n_steps=1, callbacks=[clock]).fit(module)
+    logger, clock, pushed = RecordingLogger(), Clock(), PushedGradients()
+    trainer(strategy, max_epochs=1, logger=logger, log_every_n_steps=1, callbacks=[clock, pushed]).fit(module)
     return {
         "params": params_of(module),
+        "pushed": pushed.grads,
         "server": _server_view(strategy),
         "train_start": clock.train_start,
         "last_batch_end": clock.last_batch_end,
@@ -108,7 +119,7 @@ def resume(
         "server": _server_view(strategy),
     }
     if not resume_from:
-        saved = torch.load(ckpt, weights_only=False)
+        saved = torch.load(ckpt, weights_only=True)  # plain tensors and containers only (docs/security.md)
         out["saved_server"] = saved["lightning_delayed"]["state"]["server"]
         out["saved_state_dict"] = saved["state_dict"]
     return out
@@ -118,9 +129,14 @@ def worker_dies(die_at: int, worker_timeout: float, dying_rank: int) -> None:
     class DieAt(L.Callback):
         def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
             if trainer.global_rank == dying_rank and trainer.global_step == die_at:
+                print(f"LD-DIED-AT {time.time():.3f}", flush=True)
                 os._exit(3)  # a worker that dies without a word, like a killed process
 
     module = SlowRank(
         slow_rank=1 - dying_rank, delay=0.05, n_batches=400, opt={"kind": "sgd", "lr": 0.01, "momentum": 0.0}
     )
-    trainer(SASGDStrategy(worker_timeout=worker_timeout), max_epochs=1, callbacks=[DieAt()]).fit(module)
+    try:
+        trainer(SASGDStrategy(worker_timeout=worker_timeout), max_epochs=1, callbacks=[DieAt()]).fit(module)
+    except Exception:
+        print(f"LD-DETECTED-AT {time.time():.3f}", flush=True)
+        raise

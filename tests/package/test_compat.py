@@ -309,3 +309,12 @@ def test_no_other_private_name_of_torch_or_lightning_is_used() -> None:
                 if private and id(node) not in type_checking:
                     offenders.append(f"{where}: from {node.module} import {private}")
     assert offenders == []
+
+
+def test_default_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.distributed.distributed_c10d as c10d
+
+    assert callable(c10d._get_default_store)
+    monkeypatch.delattr(c10d, "_get_default_store")
+    with pytest.raises(_compat.PrivateAPIError, match="_get_default_store"):
+        _compat.default_store()
