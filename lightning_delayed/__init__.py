@@ -21,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from lightning_delayed._compat import PrivateAPIError
+from lightning_delayed._version import __version__ as __version__
 from lightning_delayed.comm.buckets import CommunicationError, NonFiniteReductionError
 from lightning_delayed.comm.communicator import AllReduceHook, CommHook
 from lightning_delayed.comm.compression import CompressedHook, Compression, Compressor
@@ -36,8 +37,6 @@ from lightning_delayed.core.odsgd import ODSGDConfig
 from lightning_delayed.core.overlap_local_sgd import OverlapLocalSGDConfig
 from lightning_delayed.core.sasgd import SASGDConfig
 from lightning_delayed.core.streaming_diloco import StreamingDiLoCoConfig
-
-__version__ = "0.1.0"
 
 _LIGHTNING_NAMES = (
     "ASGDStrategy",
