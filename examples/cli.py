@@ -13,14 +13,15 @@ from __future__ import annotations
 
 import torch.distributed as dist
 from digits import DigitsCNN, DigitsDataModule
-from lightning.pytorch.cli import LightningCLI
 
 import lightning_delayed  # noqa: F401  (registers "odsgd", "ssgd", ... with Lightning)
+from lightning_delayed.cli import DelayedLightningCLI
 
 
 def main() -> None:
     # Re-running with the same default_root_dir replaces the saved config.yaml instead of aborting.
-    LightningCLI(DigitsCNN, DigitsDataModule, save_config_kwargs={"overwrite": True})
+    # DelayedLightningCLI: a refused strategy argument is the first line of the error (see lightning_delayed/cli.py).
+    DelayedLightningCLI(DigitsCNN, DigitsDataModule, save_config_kwargs={"overwrite": True})
     # Tear the gloo group down while every rank is alive: left to interpreter exit, its threads are
     # sometimes destroyed while joinable and the process aborts (exit -6) after the work is done.
     if dist.is_available() and dist.is_initialized():
