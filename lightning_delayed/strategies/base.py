@@ -23,6 +23,7 @@ from typing import Any, ClassVar, Literal
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
+from lightning.fabric.plugins.environments.torchelastic import TorchElasticEnvironment
 from lightning.fabric.strategies.registry import _StrategyRegistry
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.plugins.precision import MixedPrecision
@@ -37,6 +38,7 @@ from typing_extensions import override
 from lightning_delayed.comm.buckets import DEFAULT_BUCKET_CAP_MB
 from lightning_delayed.comm.communicator import AllReduceHook, CommHook
 from lightning_delayed.comm.compression import CompressedHook, Compression, check_compression
+from lightning_delayed.comm.groups import destroy_comm_group, init_elastic_default_group, new_comm_group
 from lightning_delayed.comm.hooks import DDPGradientHook
 from lightning_delayed.core.base import DelayedAlgorithm
 
@@ -199,14 +201,26 @@ class DelayedStrategy(DDPStrategy):
             raise ValueError(
                 f"{type(self).__name__} supports the process-group backends {SUPPORTED_BACKENDS}, got {backend!r}"
             )
+        if isinstance(self.cluster_environment, TorchElasticEnvironment):
+            # torchelastic keeps one store across restart attempts: rendezvous on this attempt's keys.
+            init_elastic_default_group(backend, self._timeout, device_id=_device_id(self.root_device))
         super().setup_distributed()
         # The algorithm's averages run on a group of their own: Lightning broadcasts a SIGTERM flag
         # on the default group before every training batch, and on gloo (and on one NCCL stream)
         # that broadcast would wait behind an average in flight, so nothing would overlap.
         if dist.is_initialized() and dist.get_world_size() > 1:
-            group = dist.new_group(backend=self._get_process_group_backend())
-            assert isinstance(group, dist.ProcessGroup)  # every rank is a member
-            self.comm_group = group
+            self.comm_group = new_comm_group(backend, self._timeout)
+
+    @override
+    def teardown(self) -> None:
+        super().teardown()
+        # setup_distributed creates the group anew for every fit: release its threads and sockets.
+        # They end only with the last reference to the group, and a trainer the user keeps holds
+        # this strategy, its communicator and the algorithm; nothing communicates after teardown.
+        destroy_comm_group(self.comm_group)
+        self.comm_group = None
+        if self.communicator is not None:
+            self.communicator.set_group(None)
 
     @override
     def setup(self, trainer: pl.Trainer) -> None:
@@ -381,6 +395,11 @@ class DelayedStrategy(DDPStrategy):
                 override=True,
                 start_method=start_method,
             )
+
+
+def _device_id(device: torch.device) -> torch.device | None:
+    # What Lightning passes to init_process_group as `device_id`.
+    return device if device.type != "cpu" else None
 
 
 def _to_cpu(obj: Any) -> Any:
