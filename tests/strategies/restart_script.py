@@ -58,9 +58,7 @@ def main() -> None:
         # are per attempt. This makes the fault certain instead of a race (it hit 2 runs in 3).
         time.sleep(3)
     module = RegressionModule(n_batches=4, opt={"kind": "sgd", "lr": 0.05, "momentum": 0.9})
-    checkpoints = ModelCheckpoint(
-        dirpath=out / "ckpt", save_last=True, every_n_epochs=1, save_on_train_epoch_end=True
-    )
+    checkpoints = ModelCheckpoint(dirpath=out / "ckpt", save_last=True, every_n_epochs=1, save_on_train_epoch_end=True)
     fit = trainer(
         STRATEGIES[strategy](),
         max_epochs=3,
