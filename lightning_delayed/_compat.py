@@ -20,6 +20,7 @@ breaks one fails CI on that entry.
 | ``TensorPipeRpcBackendOptions(_transports, _channels)``  | comm/parameter_server | ``LD_RPC_TRANSPORTS``            |
 | ``torch._foreach_copy_/_add_/_div``                      | core/base, core/sasgd | fused multi-tensor math          |
 | ``distributed_c10d._get_default_store()``                | comm/rpc_network.py   | sasgd RPC without ``MASTER_PORT``|
+| ``distributed_c10d._world.pg_map``                       | comm/groups.py        | teardown of the strategy's group |
 | ``lightning...types._PATH``, ``..._StrategyRegistry``    | strategies (hints)    | nothing: under ``TYPE_CHECKING`` |
 
 ``_register_ddp_hooks`` is overridden and ``_broadcast_sigterm_tensor`` replaced, so renamed they
@@ -228,6 +229,19 @@ def default_store() -> Any:
         "sasgd's RPC agent meets on the default group's store when MASTER_PORT is unset",
     )
     return getter()
+
+
+def is_live_group(group: Any) -> bool:
+    """Whether ``group`` is still registered (``distributed_c10d._world.pg_map``), i.e. not yet destroyed.
+
+    ``dist.destroy_process_group()`` of the default group also destroys every other group; a second
+    destroy of one of them would raise, and torch has no public "is destroyed" query.
+    """
+    import torch.distributed.distributed_c10d as c10d
+
+    world = require(c10d, "_world", "torch.distributed.distributed_c10d._world", "teardown of the strategy's group")
+    pg_map = require(world, "pg_map", "distributed_c10d._world.pg_map", "teardown of the strategy's group")
+    return group in pg_map
 
 
 def _foreach(name: str) -> Any:

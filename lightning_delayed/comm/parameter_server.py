@@ -256,6 +256,10 @@ def shutdown_rpc(graceful: bool, timeout: float) -> None:
             rpc.shutdown(graceful=False)
     finally:
         install_server(None)
+        # torch keeps the store of the last tcp:// rendezvous in a module global until the next
+        # init_rpc (on the server rank a TCPStore server: a thread and its sockets); drop it too.
+        if hasattr(rpc, "rendezvous_iterator"):
+            setattr(rpc, "rendezvous_iterator", None)  # noqa: B010 - typed as a generator, None is its "unset"
 
 
 # ---------------------------------------------------------------------- the worker's side

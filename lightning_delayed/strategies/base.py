@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import lightning.pytorch as pl  # noqa: TC002 (as above: `accelerator: pl.accelerators.Accelerator`)
 import torch
 import torch.distributed as dist
+from lightning.fabric.plugins.environments.torchelastic import TorchElasticEnvironment
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
@@ -30,10 +31,11 @@ from torch.distributed.constants import default_pg_timeout
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
-from lightning_delayed._compat import process_group_backend
+from lightning_delayed._compat import collective_timeout, process_group_backend
 from lightning_delayed.comm.buckets import DEFAULT_BUCKET_CAP_MB
 from lightning_delayed.comm.communicator import AllReduceHook, CommHook
 from lightning_delayed.comm.compression import CompressedHook, Compression, check_compression
+from lightning_delayed.comm.groups import destroy_comm_group, init_elastic_default_group, new_comm_group
 from lightning_delayed.comm.hooks import DDPGradientHook
 from lightning_delayed.core.base import DelayedAlgorithm
 from lightning_delayed.core.checks import check_real, positive
@@ -221,14 +223,26 @@ class DelayedStrategy(DDPStrategy):
             raise ValueError(
                 f"{type(self).__name__} supports the process-group backends {SUPPORTED_BACKENDS}, got {backend!r}"
             )
+        if isinstance(self.cluster_environment, TorchElasticEnvironment):
+            # torchelastic keeps one store across restart attempts: rendezvous on this attempt's keys.
+            init_elastic_default_group(backend, collective_timeout(self), device_id=_device_id(self.root_device))
         super().setup_distributed()
         # The algorithm's averages run on a group of their own: Lightning broadcasts a SIGTERM flag
         # on the default group before every training batch, and on gloo (and on one NCCL stream)
         # that broadcast would wait behind an average in flight, so nothing would overlap.
         if dist.is_initialized() and dist.get_world_size() > 1:
-            group = dist.new_group(backend=process_group_backend(self))
-            assert isinstance(group, dist.ProcessGroup)  # every rank is a member
-            self.comm_group = group
+            self.comm_group = new_comm_group(process_group_backend(self), collective_timeout(self))
+
+    @override
+    def teardown(self) -> None:
+        super().teardown()
+        # setup_distributed creates the group anew for every fit: release its threads and sockets.
+        # They end only with the last reference to the group, and a trainer the user keeps holds
+        # this strategy, its communicator and the algorithm; nothing communicates after teardown.
+        destroy_comm_group(self.comm_group)
+        self.comm_group = None
+        if self.communicator is not None:
+            self.communicator.set_group(None)
 
     @override
     def setup(self, trainer: pl.Trainer) -> None:
@@ -410,6 +424,11 @@ class DelayedStrategy(DDPStrategy):
                 override=True,
                 start_method=start_method,
             )
+
+
+def _device_id(device: torch.device) -> torch.device | None:
+    # What Lightning passes to init_process_group as `device_id`.
+    return device if device.type != "cpu" else None
 
 
 def _to_cpu(obj: Any) -> Any:

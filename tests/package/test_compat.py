@@ -318,3 +318,12 @@ def test_default_store(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(c10d, "_get_default_store")
     with pytest.raises(_compat.PrivateAPIError, match="_get_default_store"):
         _compat.default_store()
+
+
+def test_is_live_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch.distributed.distributed_c10d as c10d
+
+    assert _compat.is_live_group(object()) is False
+    monkeypatch.delattr(c10d, "_world")
+    with pytest.raises(_compat.PrivateAPIError, match="_world"):
+        _compat.is_live_group(object())
