@@ -195,6 +195,17 @@ class DiLoCoBase(AveragingAlgorithm):
         finally:
             copy_all_(self.tensors, own)
 
+    def load_resized_state_dict(self, state: dict[str, Any], local_states: list[dict[str, Any]]) -> None:
+        """Refused: no resize rule is specified yet for ``theta``, the outer optimizers and fragments in flight.
+
+        The model-averaging rule of :class:`AveragingAlgorithm` (the mean of the saved ``x``) would
+        leave ``theta`` and the outer momentum behind, so it must not be inherited silently.
+        """
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot resume on a different number of ranks yet: resume with the same "
+            "number of devices, or start a new run from the checkpoint's weights (its state_dict is theta)"
+        )
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "step": self.step,

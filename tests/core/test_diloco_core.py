@@ -353,3 +353,18 @@ def test_checkpoint_round_trip_with_fragment_in_flight() -> None:
     assert all(torch.equal(a, b) for a, b in zip(restored.global_params, algo.global_params, strict=True))
     state["global_params"][0].add_(1.0)
     assert not torch.equal(restored.global_params[0], state["global_params"][0]), "restored state aliases the saved"
+
+
+@pytest.mark.parametrize("streaming", [False, True], ids=["diloco", "streaming_diloco"])
+def test_resume_on_another_number_of_ranks_is_refused(streaming: bool) -> None:
+    """The averaging family's resize rule (mean of the saved x) would drop theta and the outer state."""
+    x = [torch.ones(2, dtype=torch.float64, requires_grad=True), torch.ones(1, dtype=torch.float64, requires_grad=True)]
+    opt = torch.optim.SGD(x, lr=0.1)
+    if streaming:
+        cfg = StreamingDiLoCoConfig(sync_every=4, num_fragments=2, delay=1)
+        algo: Any = StreamingDiLoCo(cfg, x, [], opt, [[0], [1]], KeyedFakeComm(FakeGroup(1), 0))
+    else:
+        algo = DiLoCo(DiLoCoConfig(sync_every=2), x, [], opt, KeyedFakeComm(FakeGroup(1), 0))
+    state, local = algo.state_dict(), algo.local_state_dict()
+    with pytest.raises(NotImplementedError, match="different number of ranks"):
+        algo.load_resized_state_dict(state, [local, local])
