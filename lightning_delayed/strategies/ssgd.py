@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from typing_extensions import override
 
 from lightning_delayed.core.ssgd import SynchronousSGD
 from lightning_delayed.strategies.base import DelayedStrategy
+from lightning_delayed.strategies.groups import refuse_group_size
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -28,10 +29,20 @@ class SSGDStrategy(DelayedStrategy):
     that communicator during backward and the step waits for it right after backward; with
     ``compression="fp16"``/``"bf16"`` this is compressed SGD *with* error feedback (per parameter,
     in checkpoints), unlike torch's ``fp16_compress_hook``/``bf16_compress_hook``, which have none.
-    Accepts every :class:`DelayedStrategy` argument.
+    Accepts every :class:`DelayedStrategy` argument. ``group_size`` other than 1 is refused: every
+    rank already averages every gradient every step, which is what a single worker of all ranks
+    (``group_size`` = N in an averaging strategy) does.
     """
 
     strategy_name = "ssgd"
+
+    def __init__(self, **kwargs: Any) -> None:
+        refuse_group_size(
+            type(self),
+            kwargs,
+            "ssgd already averages every gradient over all ranks every step (one worker of N ranks).",
+        )
+        super().__init__(**kwargs)
 
     @override
     def build_ddp_hook(self, params: Sequence[Tensor]) -> DDPGradientHook | None:
