@@ -12,6 +12,7 @@ breaks one fails CI on that entry.
 | ``DDPStrategy._register_ddp_hooks``                      | strategies/base.py    | no hook: DDP all-reduces instead |
 | ``DDPStrategy._get_process_group_backend()``             | strategies/base.py    | backend check, the algo's group  |
 | ``DDPStrategy._timeout``                                 | strategies/sasgd.py   | the RPC agent's timeout          |
+| ``DDPStrategy._timeout``, ``._ddp_kwargs``               | strategies/groups.py  | no worker groups (group_size)    |
 | ``_TrainingEpochLoop._broadcast_sigterm_tensor``         | strategies/sasgd.py   | sasgd workers back in lock-step  |
 | ``DistributedDataParallel._get_ddp_logging_data``        | monitor.py            | DDP all-reduce's blocked time    |
 | ``DistributedDataParallel._set_ddp_runtime_logging_...`` | monitor.py            | DDP all-reduce's blocked time    |
@@ -126,6 +127,14 @@ def collective_timeout(strategy: Any) -> timedelta | None:
         strategy, "_timeout", "DDPStrategy._timeout", "the strategy's timeout, for process groups and RPC"
     )
     return timeout
+
+
+def ddp_kwargs(strategy: Any) -> dict[str, Any]:
+    """``strategy._ddp_kwargs``: the keyword arguments ``DDPStrategy`` passes to ``DistributedDataParallel``."""
+    kwargs: dict[str, Any] = require(
+        strategy, "_ddp_kwargs", "DDPStrategy._ddp_kwargs", "DDP's process_group for worker groups (group_size)"
+    )
+    return kwargs
 
 
 def replace_sigterm_broadcast(trainer: Any, replacement: Callable[[], None]) -> None:

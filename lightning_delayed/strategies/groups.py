@@ -27,14 +27,13 @@ import torch
 import torch.distributed as dist
 from typing_extensions import override
 
-from lightning_delayed._compat import process_group_backend
+from lightning_delayed._compat import collective_timeout, ddp_kwargs, process_group_backend
 from lightning_delayed.comm.groups import GroupSize, ShardedHook, WorkerGroups, WorkerLayout, check_group_size
 from lightning_delayed.comm.groups import resolve_group_size as _resolve
 from lightning_delayed.strategies.base import DelayedStrategy
 
 if TYPE_CHECKING:
     from torch import Tensor
-    from torch.nn import Module
 
     from lightning_delayed.comm.communicator import CommHook
 
@@ -95,8 +94,10 @@ class GroupedStrategy(DelayedStrategy):
         if size == 1:
             return  # today's behaviour, bit for bit
         layout = WorkerLayout(dist.get_world_size(), size)
-        self.worker_groups = WorkerGroups.create(layout, dist.get_rank(), process_group_backend(self), self._timeout)
-        self._ddp_kwargs["process_group"] = self.worker_groups.intra
+        self.worker_groups = WorkerGroups.create(
+            layout, dist.get_rank(), process_group_backend(self), collective_timeout(self)
+        )
+        ddp_kwargs(self)["process_group"] = self.worker_groups.intra
 
     @override
     def build_communicator(self) -> CommHook:
@@ -110,13 +111,13 @@ class GroupedStrategy(DelayedStrategy):
         return self.worker_groups is None
 
     @override
-    def _setup_model(self, model: Module) -> Any:
-        if self.worker_groups is not None:
+    def configure_ddp(self) -> None:
+        if self.worker_groups is not None and self.model is not None:
             # DDP broadcasts its module only inside its (worker) group; x0 must be the same everywhere.
             with torch.no_grad():
-                for tensor in model.state_dict().values():
+                for tensor in self.model.state_dict().values():
                     dist.broadcast(tensor, src=0, group=self.comm_group)
-        return super()._setup_model(model)
+        super().configure_ddp()
 
     @override
     def post_backward(self, closure_loss: Tensor) -> None:
@@ -139,7 +140,7 @@ class GroupedStrategy(DelayedStrategy):
             if dist.is_initialized():
                 self.worker_groups.destroy()
             self.worker_groups = None
-            self._ddp_kwargs.pop("process_group", None)
+            ddp_kwargs(self).pop("process_group", None)
 
     # ------------------------------------------------------------------ checkpoints
 

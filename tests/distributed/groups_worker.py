@@ -22,7 +22,7 @@ from lightning_delayed import (
 from lightning_delayed.strategies.base import DelayedStrategy
 from tests.distributed.averaging_worker import StateRecorder
 from tests.helpers import reference, reference_diloco
-from tests.helpers.models import RegressionModule, SaveAt, trainer
+from tests.helpers.models import RegressionModule, SaveAt, rank, trainer
 from tests.helpers.reference import full_state, reference_averaging
 from tests.helpers.reference_diloco import reference_diloco as run_reference_diloco
 
@@ -40,6 +40,11 @@ DILOCO = ("diloco", "streaming_diloco")
 
 def fit(case: dict[str, Any], group_size: int | None, **trainer_kwargs: Any) -> dict[str, Any]:
     module = RegressionModule(n_batches=case.get("n_batches", 4), opt=case["opt"])
+    if case.get("perturb"):
+        # Each rank starts from other weights: fit must start every rank from rank 0's (the reference's).
+        with torch.no_grad():
+            for p in module.parameters():
+                p.add_(0.01 * rank())
     recorder = StateRecorder()
     args = dict(case.get("args", {}))
     if group_size is not None:

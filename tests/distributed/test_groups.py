@@ -20,7 +20,7 @@ G = 2
 
 
 def _case(kind: str, args: dict[str, Any], **extra: Any) -> dict[str, Any]:
-    return {"kind": kind, "opt": OPT, "epochs": 2, "args": args, **extra}
+    return {"kind": kind, "opt": OPT, "epochs": 2, "args": args, "perturb": True, **extra}
 
 
 CASES: list[dict[str, Any]] = [
