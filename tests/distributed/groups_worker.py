@@ -39,7 +39,9 @@ DILOCO = ("diloco", "streaming_diloco")
 
 
 def fit(case: dict[str, Any], group_size: int | None, **trainer_kwargs: Any) -> dict[str, Any]:
-    module = RegressionModule(n_batches=case.get("n_batches", 4), opt=case["opt"])
+    module = RegressionModule(
+        n_batches=case.get("n_batches", 4), opt=case["opt"], batchnorm=case.get("batchnorm", False)
+    )
     if case.get("perturb"):
         # Each rank starts from other weights: fit must start every rank from rank 0's (the reference's).
         with torch.no_grad():
@@ -47,6 +49,8 @@ def fit(case: dict[str, Any], group_size: int | None, **trainer_kwargs: Any) -> 
                 p.add_(0.01 * rank())
     recorder = StateRecorder()
     args = dict(case.get("args", {}))
+    if case.get("compression"):
+        args["compression"] = case["compression"]
     if group_size is not None:
         args["group_size"] = group_size
     strategy = CLASSES[case["kind"]](**args)
@@ -66,6 +70,8 @@ def fit(case: dict[str, Any], group_size: int | None, **trainer_kwargs: Any) -> 
 def worker_gradients(group_size: int) -> Iterator[None]:
     """Make the plain-loop reference step each rank on its worker's mean gradient (blocking all-reduce).
 
+    Float buffers follow the worker's first rank after every backward (DDP's rule inside a worker).
+
     The reference's ``mean`` stays over all ranks: the G ranks of a worker hold the same tensors,
     so the mean over ranks is the mean over workers.
     """
@@ -83,6 +89,10 @@ def worker_gradients(group_size: int) -> Iterator[None]:
             assert p.grad is not None
             dist.all_reduce(p.grad, group=intra)
             p.grad.div_(group_size)
+        with torch.no_grad():
+            for b in module.buffers():
+                if b.is_floating_point():
+                    dist.broadcast(b, src=rank - rank % group_size, group=intra)
         return [p.grad.clone() for p in module.parameters() if p.grad is not None]
 
     reference.backward = backward  # type: ignore[assignment]
@@ -94,10 +104,13 @@ def worker_gradients(group_size: int) -> Iterator[None]:
         reference_diloco.backward = original  # type: ignore[assignment]
 
 
-def run_reference(case: dict[str, Any]) -> dict[str, Any]:
+def run_reference(case: dict[str, Any]) -> dict[str, Any] | None:
+    if case.get("compression"):
+        return None  # compared with each other (bit-identical workers), not with the exact reference
+    bn = case.get("batchnorm", False)
     if case["kind"] in DILOCO:
-        return run_reference_diloco(case["kind"], case["opt"], case["epochs"], case.get("args", {}))
-    return reference_averaging(case["kind"], case["opt"], case["epochs"], case.get("args", {}))
+        return run_reference_diloco(case["kind"], case["opt"], case["epochs"], case.get("args", {}), batchnorm=bn)
+    return reference_averaging(case["kind"], case["opt"], case["epochs"], case.get("args", {}), batchnorm=bn)
 
 
 def exactness(cases: list[dict[str, Any]], group_size: int) -> list[dict[str, Any]]:
