@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
 import torch
 
+from lightning_delayed.comm import stats as comm_stats
 from lightning_delayed.comm.groups import WorkerLayout, check_group_size, resolve_group_size
 from tests.helpers.launch import run_ranks
 
@@ -29,6 +31,17 @@ def test_layout() -> None:
     assert layout.cross_ranks(2) == [2, 5]
     with pytest.raises(ValueError, match="group_size=4 must divide the world size 6"):
         WorkerLayout(world_size=6, group_size=4)
+
+
+def test_blocked_time_is_not_counted_off_the_training_loop() -> None:
+    stats = comm_stats.comm_stats()
+    before = stats.snapshot()
+    with comm_stats.background(), comm_stats.blocked():
+        time.sleep(0.01)  # stands for a helper thread's wait, not the training loop's
+    assert (stats.snapshot() - before).seconds_blocked == 0.0
+    with comm_stats.blocked():
+        time.sleep(0.01)
+    assert (stats.snapshot() - before).seconds_blocked > 0.0
 
 
 def test_group_size_values() -> None:

@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from lightning_delayed import (
     CoCoDSGDStrategy,
+    CommMonitor,
     DaSGDStrategy,
     DiLoCoStrategy,
     LocalSGDStrategy,
@@ -47,7 +48,7 @@ def fit(case: dict[str, Any], group_size: int | None, **trainer_kwargs: Any) -> 
         with torch.no_grad():
             for p in module.parameters():
                 p.add_(0.01 * rank())
-    recorder = StateRecorder()
+    recorder, monitor = StateRecorder(), CommMonitor(log=False, keep_history=True)
     args = dict(case.get("args", {}))
     if case.get("compression"):
         args["compression"] = case["compression"]
@@ -55,13 +56,14 @@ def fit(case: dict[str, Any], group_size: int | None, **trainer_kwargs: Any) -> 
         args["group_size"] = group_size
     strategy = CLASSES[case["kind"]](**args)
     ckpt_path = trainer_kwargs.pop("ckpt_path", None)
-    callbacks = [recorder, *trainer_kwargs.pop("callbacks", [])]
+    callbacks = [recorder, monitor, *trainer_kwargs.pop("callbacks", [])]
     t = trainer(strategy, max_epochs=case["epochs"], callbacks=callbacks, **trainer_kwargs)
     t.fit(module, ckpt_path=ckpt_path)
     return {
         "local": recorder.local,
         "final": full_state(module),
         "val_params": module.val_params,
+        "bytes": [r.bytes for r in monitor.history],
         "groups_after_teardown": getattr(strategy, "worker_groups", None) is not None,
     }
 

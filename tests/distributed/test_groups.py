@@ -86,6 +86,18 @@ def test_validation_runs_on_the_consensus_of_the_workers(results: list[list[dict
             assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True)), f"rank {rank} validated other weights"
 
 
+def test_comm_monitor_counts_the_worker_all_reduce_and_one_shard_per_average(
+    results: list[list[dict[str, Any]]],
+) -> None:
+    # diloco, sync_every=2, 53 float64 parameters (424 bytes). Every step: DDP's gradient all-reduce
+    # over the worker (424). Every 2nd step also the pseudo-gradient: a 27-element shard across
+    # workers (216) and its all-gather inside the worker (27 + 1 status elements, 224).
+    index = NAMES.index("diloco")
+    for rank, per_rank in enumerate(results):
+        expected = [424 + (216 + 224 if (k + 1) % 2 == 0 else 0) for k in range(8)]
+        assert per_rank[index]["ours"]["bytes"] == expected, f"rank {rank}"
+
+
 def test_one_worker_of_every_rank_is_ssgd_exactly() -> None:
     """G = N = 2: DDP averages every gradient over the only worker; local_sgd's averages change no bit."""
     out = run_ranks("tests.distributed.groups_worker:same_as_ssgd", case=_case("local_sgd", {"sync_every": 2}))
