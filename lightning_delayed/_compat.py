@@ -4,7 +4,7 @@ A private name can be renamed or removed in any release without a deprecation. E
 reached only through this module, which checks it exists and otherwise raises
 :class:`PrivateAPIError` naming the API, the installed versions and the versions tested. It must
 never fail silently (a renamed method that we override would simply stop being called).
-``tests/test_compat.py`` checks every entry against the installed versions, so an upgrade that
+``tests/package/test_compat.py`` checks every entry against the installed versions, so an upgrade that
 breaks one fails CI on that entry.
 
 | private API                                              | used in               | without it                       |
@@ -12,6 +12,7 @@ breaks one fails CI on that entry.
 | ``DDPStrategy._register_ddp_hooks``                      | strategies/base.py    | no hook: DDP all-reduces instead |
 | ``DDPStrategy._get_process_group_backend()``             | strategies/base.py    | backend check, the algo's group  |
 | ``DDPStrategy._timeout``                                 | strategies/sasgd.py   | the RPC agent's timeout          |
+| ``DDPStrategy._timeout``, ``._ddp_kwargs``               | strategies/groups.py  | no worker groups (group_size)    |
 | ``_TrainingEpochLoop._broadcast_sigterm_tensor``         | strategies/sasgd.py   | sasgd workers back in lock-step  |
 | ``DistributedDataParallel._get_ddp_logging_data``        | monitor.py            | DDP all-reduce's blocked time    |
 | ``DistributedDataParallel._set_ddp_runtime_logging_...`` | monitor.py            | DDP all-reduce's blocked time    |
@@ -20,7 +21,7 @@ breaks one fails CI on that entry.
 | ``TensorPipeRpcBackendOptions(_transports, _channels)``  | comm/parameter_server | ``LD_RPC_TRANSPORTS``            |
 | ``torch._foreach_copy_/_add_/_div``                      | core/base, core/sasgd | fused multi-tensor math          |
 | ``distributed_c10d._get_default_store()``                | comm/rpc_network.py   | sasgd RPC without ``MASTER_PORT``|
-| ``distributed_c10d._world.pg_map``                       | comm/groups.py        | teardown of the strategy's group |
+| ``distributed_c10d._world.pg_map``                       | comm/process_groups.py| teardown of the strategy's group |
 | ``lightning...types._PATH``, ``..._StrategyRegistry``    | strategies (hints)    | nothing: under ``TYPE_CHECKING`` |
 
 ``_register_ddp_hooks`` is overridden and ``_broadcast_sigterm_tensor`` replaced, so renamed they
@@ -128,6 +129,14 @@ def collective_timeout(strategy: Any) -> timedelta | None:
         strategy, "_timeout", "DDPStrategy._timeout", "the strategy's timeout, for process groups and RPC"
     )
     return timeout
+
+
+def ddp_kwargs(strategy: Any) -> dict[str, Any]:
+    """``strategy._ddp_kwargs``: the keyword arguments ``DDPStrategy`` passes to ``DistributedDataParallel``."""
+    kwargs: dict[str, Any] = require(
+        strategy, "_ddp_kwargs", "DDPStrategy._ddp_kwargs", "DDP's process_group for worker groups (group_size)"
+    )
+    return kwargs
 
 
 def replace_sigterm_broadcast(trainer: Any, replacement: Callable[[], None]) -> None:

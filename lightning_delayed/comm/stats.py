@@ -127,9 +127,30 @@ def record_staleness(value: float) -> None:
     _STATS.record_staleness(value)
 
 
+_THREAD = threading.local()
+
+
+@contextlib.contextmanager
+def background() -> Iterator[None]:
+    """Mark the body as running off the training loop: :func:`blocked` inside it counts nothing.
+
+    A helper thread that waits for one collective to launch the next (the cross-worker phase of
+    :class:`~lightning_delayed.comm.groups.ShardedHook`) is not the training loop waiting.
+    """
+    previous = getattr(_THREAD, "background", False)
+    _THREAD.background = True
+    try:
+        yield
+    finally:
+        _THREAD.background = previous
+
+
 @contextlib.contextmanager
 def blocked() -> Iterator[None]:
-    """Time the body as blocked on communication (also when it raises)."""
+    """Time the body as blocked on communication (also when it raises); nothing inside :func:`background`."""
+    if getattr(_THREAD, "background", False):
+        yield
+        return
     start = time.perf_counter()
     try:
         yield

@@ -28,7 +28,7 @@ from lightning_delayed.core.averaging import model_state
 from lightning_delayed.core.dasgd import DaSGD, DaSGDConfig, cocodsgd_config
 from lightning_delayed.core.local_sgd import LocalSGD, LocalSGDConfig
 from lightning_delayed.core.overlap_local_sgd import OverlapLocalSGD, OverlapLocalSGDConfig
-from lightning_delayed.strategies.base import DelayedStrategy
+from lightning_delayed.strategies.groups import GroupedStrategy
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from lightning_delayed.core.base import DelayedAlgorithm
 
 
-class AveragingStrategy(DelayedStrategy):
+class AveragingStrategy(GroupedStrategy):
     """Base of the model-averaging strategies (not registered itself)."""
 
     config: LocalSGDConfig | DaSGDConfig | OverlapLocalSGDConfig
@@ -51,8 +51,9 @@ class AveragingStrategy(DelayedStrategy):
         super().__init__(**kwargs)
 
     @override
-    def build_ddp_hook(self, params: Sequence[Tensor]) -> LocalGradientHook:
-        return LocalGradientHook()
+    def build_ddp_hook(self, params: Sequence[Tensor]) -> LocalGradientHook | None:
+        # With worker groups (group_size > 1) DDP's own all-reduce averages the gradients over the worker.
+        return LocalGradientHook() if self.local_gradients() else None
 
     def model_tensors(self, params: Sequence[Tensor]) -> list[Tensor]:
         assert self.lightning_module is not None
@@ -69,7 +70,8 @@ class LocalSGDStrategy(AveragingStrategy):
     Args:
         sync_every: :math:`\tau \ge 1`, optimizer steps between averages (default 4).
         average_buffers: average float buffers (BatchNorm statistics) with the parameters (default True).
-        **kwargs: :class:`~lightning_delayed.strategies.base.DelayedStrategy` arguments.
+        **kwargs: ``group_size`` (worker groups, :class:`~lightning_delayed.strategies.groups.GroupedStrategy`)
+            and the :class:`~lightning_delayed.strategies.base.DelayedStrategy` arguments.
     """
 
     strategy_name = "local_sgd"
@@ -113,7 +115,8 @@ class DaSGDStrategy(_DelayedAveragingStrategy):
             processed since its previous launch, counted from each training batch
             (``lightning.pytorch.utilities.data.extract_batch_size``).
         average_buffers: average float buffers with the parameters (default True).
-        **kwargs: :class:`~lightning_delayed.strategies.base.DelayedStrategy` arguments.
+        **kwargs: ``group_size`` (worker groups, :class:`~lightning_delayed.strategies.groups.GroupedStrategy`)
+            and the :class:`~lightning_delayed.strategies.base.DelayedStrategy` arguments.
     """
 
     strategy_name = "dasgd"
@@ -141,7 +144,8 @@ class CoCoDSGDStrategy(_DelayedAveragingStrategy):
             with :math:`n_i` the samples rank i processed since its previous launch, counted from
             each training batch (``extract_batch_size``; all micro-batches under accumulation).
         average_buffers: average float buffers with the parameters (default True).
-        **kwargs: :class:`~lightning_delayed.strategies.base.DelayedStrategy` arguments.
+        **kwargs: ``group_size`` (worker groups, :class:`~lightning_delayed.strategies.groups.GroupedStrategy`)
+            and the :class:`~lightning_delayed.strategies.base.DelayedStrategy` arguments.
     """
 
     strategy_name = "cocodsgd"
@@ -168,7 +172,8 @@ class OverlapLocalSGDStrategy(AveragingStrategy):
         outer_momentum: :math:`\beta \ge 0` anchor momentum (default 0; the paper's variant uses 0.7).
             Uses the current LR of the first param group.
         average_buffers: average float buffers with the parameters (default True).
-        **kwargs: :class:`~lightning_delayed.strategies.base.DelayedStrategy` arguments.
+        **kwargs: ``group_size`` (worker groups, :class:`~lightning_delayed.strategies.groups.GroupedStrategy`)
+            and the :class:`~lightning_delayed.strategies.base.DelayedStrategy` arguments.
     """
 
     strategy_name = "overlap_local_sgd"

@@ -35,8 +35,8 @@ from lightning_delayed._compat import collective_timeout, process_group_backend
 from lightning_delayed.comm.buckets import DEFAULT_BUCKET_CAP_MB
 from lightning_delayed.comm.communicator import AllReduceHook, CommHook
 from lightning_delayed.comm.compression import CompressedHook, Compression, check_compression
-from lightning_delayed.comm.groups import destroy_comm_group, init_elastic_default_group, new_comm_group
 from lightning_delayed.comm.hooks import DDPGradientHook
+from lightning_delayed.comm.process_groups import destroy_comm_group, init_elastic_default_group, new_comm_group
 from lightning_delayed.core.base import DelayedAlgorithm
 from lightning_delayed.core.checks import check_real, positive
 from lightning_delayed.strategies import checkpoint as ckpt

@@ -21,7 +21,7 @@ from typing_extensions import override
 from lightning_delayed.comm.hooks import LocalGradientHook
 from lightning_delayed.core.diloco import DiLoCo, DiLoCoConfig
 from lightning_delayed.core.streaming_diloco import StreamingDiLoCo, StreamingDiLoCoConfig, layer_fragments
-from lightning_delayed.strategies.base import DelayedStrategy
+from lightning_delayed.strategies.groups import GroupedStrategy
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from lightning_delayed.core.base import DelayedAlgorithm
 
 
-class _OuterOptimizerStrategy(DelayedStrategy):
+class _OuterOptimizerStrategy(GroupedStrategy):
     """What both DiLoCo strategies share (not registered itself)."""
 
     config: DiLoCoConfig | StreamingDiLoCoConfig
@@ -44,8 +44,9 @@ class _OuterOptimizerStrategy(DelayedStrategy):
         super().__init__(**kwargs)
 
     @override
-    def build_ddp_hook(self, params: Sequence[Tensor]) -> LocalGradientHook:
-        return LocalGradientHook()
+    def build_ddp_hook(self, params: Sequence[Tensor]) -> LocalGradientHook | None:
+        # With worker groups (group_size > 1) DDP's own all-reduce averages the gradients over the worker.
+        return LocalGradientHook() if self.local_gradients() else None
 
     def float_buffers(self) -> list[Tensor]:
         assert self.lightning_module is not None
@@ -71,7 +72,8 @@ class DiLoCoStrategy(_OuterOptimizerStrategy):
         outer_momentum: :math:`\mu \in [0, 1)`, momentum of the outer SGD (default 0.9, the paper's).
         nesterov: Nesterov outer momentum (default True, the paper's); ignored when ``outer_momentum=0``.
         average_buffers: average float buffers (BatchNorm statistics) at every synchronisation (default True).
-        **kwargs: :class:`~lightning_delayed.strategies.base.DelayedStrategy` arguments.
+        **kwargs: ``group_size`` (worker groups, :class:`~lightning_delayed.strategies.groups.GroupedStrategy`)
+            and the :class:`~lightning_delayed.strategies.base.DelayedStrategy` arguments.
     """
 
     strategy_name = "diloco"
@@ -119,7 +121,8 @@ class StreamingDiLoCoStrategy(_OuterOptimizerStrategy):
         alpha: :math:`\alpha \in [0, 1]`, weight of the local weights when a fragment is merged (default 0.5).
         fragments: ``"strided"`` (default; layer j in fragment j mod P) or ``"sequential"`` (contiguous blocks).
         average_buffers: average float buffers every ``sync_every`` steps (default True).
-        **kwargs: :class:`~lightning_delayed.strategies.base.DelayedStrategy` arguments.
+        **kwargs: ``group_size`` (worker groups, :class:`~lightning_delayed.strategies.groups.GroupedStrategy`)
+            and the :class:`~lightning_delayed.strategies.base.DelayedStrategy` arguments.
     """
 
     strategy_name = "streaming_diloco"

@@ -17,6 +17,7 @@ from typing_extensions import override
 
 from lightning_delayed.core.odsgd import ODSGD, ODSGDConfig
 from lightning_delayed.strategies.base import DelayedStrategy, refuse_grad_scaler
+from lightning_delayed.strategies.groups import refuse_group_size
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -27,6 +28,12 @@ if TYPE_CHECKING:
 
     from lightning_delayed.comm.hooks import DDPGradientHook
     from lightning_delayed.core.base import DelayedAlgorithm
+
+
+ODSGD_GROUPS_WHY = (
+    "OD-SGD applies the delayed mean of every rank's gradient to one global replica, a gradient rule with "
+    "nothing to average between workers (docs/algorithms/odsgd.md)."
+)
 
 
 class ODSGDStrategy(DelayedStrategy):
@@ -52,6 +59,9 @@ class ODSGDStrategy(DelayedStrategy):
         * At k = T0 nothing is pending: the optimizer's ``step()`` runs without any gradient (a
           no-op) and Lightning's ``on_before_optimizer_step`` hooks and clipping are not called.
         * ``precision="16-mixed"`` is refused (its loss scale changes between steps).
+        * ``group_size`` other than 1 is refused: OD-SGD's rule is a gradient rule (every rank
+          applies the delayed *global* mean of all gradients), so it has no per-worker model to
+          average hierarchically; a worker-level variant would be a different algorithm.
         * The checkpoint's ``state_dict`` is ``W``; each rank's ``w`` is in the algorithm state.
         * With ``compression``, the gradient means (warm-up and delayed) are of the compressed
           gradients, with error feedback per parameter; the local step uses the exact own gradient.
@@ -66,6 +76,7 @@ class ODSGDStrategy(DelayedStrategy):
         warmup_steps: int = 0,
         **kwargs: Any,
     ) -> None:
+        refuse_group_size(type(self), kwargs, ODSGD_GROUPS_WHY)
         self.config = ODSGDConfig(local_lr=local_lr, dc_lambda=dc_lambda, warmup_steps=warmup_steps)
         super().__init__(**kwargs)
 

@@ -33,6 +33,7 @@ from lightning_delayed.core.sasgd import (
 )
 from lightning_delayed.strategies.base import DelayedStrategy, refuse_grad_scaler
 from lightning_delayed.strategies.checks import refuse_unknown_keywords
+from lightning_delayed.strategies.groups import refuse_group_size
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -88,6 +89,9 @@ class SASGDStrategy(DelayedStrategy):
 
     Choices the rule leaves open (``docs/algorithms/sasgd.md``):
         * The model is not wrapped in ``DistributedDataParallel``; DDP arguments are refused.
+        * ``group_size`` other than 1 is refused: each worker pushes its own gradient to the
+          parameter server asynchronously, with no collective between workers to shard; a
+          synchronous group inside a worker would make every rank of it wait for the slowest.
         * The server keeps ``theta`` in host memory; GPU workers stage gradients through the host.
         * LR schedulers run on the server (``interval="step"``: per server update; ``"epoch"``: per
           data pass of N worker-epochs). ``ReduceLROnPlateau`` is refused.
@@ -109,6 +113,12 @@ class SASGDStrategy(DelayedStrategy):
         worker_timeout: float = 60.0,
         **kwargs: Any,
     ) -> None:
+        refuse_group_size(
+            type(self),
+            kwargs,
+            "SA-SGD workers push gradients to a parameter server asynchronously; there is no average between "
+            "workers to shard (docs/algorithms/sasgd.md).",
+        )
         self.config = SASGDConfig(softsync=softsync, staleness_aware=staleness_aware, worker_timeout=worker_timeout)
         refuse_unknown_keywords(type(self), set(kwargs) - _KEPT_ARGS - {"bucket_cap_mb", "comm_hook"})
         bucket_cap_mb = kwargs.pop("bucket_cap_mb", DEFAULT_BUCKET_CAP_MB)

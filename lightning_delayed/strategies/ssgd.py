@@ -12,6 +12,7 @@ from lightning_delayed.comm.hooks import DDPGradientHook
 from lightning_delayed.core.base import DelayedAlgorithm
 from lightning_delayed.core.ssgd import SynchronousSGD
 from lightning_delayed.strategies.base import DelayedStrategy
+from lightning_delayed.strategies.groups import refuse_group_size
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -35,9 +36,19 @@ class SSGDStrategy(DelayedStrategy):
     Accepts every :class:`DelayedStrategy` argument. With ``check_finite`` (the default), DDP's
     average is checked for NaN/Inf after backward; a peer lost during DDP's own collectives (the
     gradient all-reduce, the buffer broadcast) raises :class:`~lightning_delayed.CommunicationError`.
+    ``group_size`` other than 1 is refused: every rank already averages every gradient every step,
+    which is what a single worker of all ranks (``group_size`` = N in an averaging strategy) does.
     """
 
     strategy_name = "ssgd"
+
+    def __init__(self, **kwargs: Any) -> None:
+        refuse_group_size(
+            type(self),
+            kwargs,
+            "ssgd already averages every gradient over all ranks every step (one worker of N ranks).",
+        )
+        super().__init__(**kwargs)
 
     @override
     def build_ddp_hook(self, params: Sequence[Tensor]) -> DDPGradientHook | None:
