@@ -58,9 +58,9 @@ def _common(cls: type) -> list[Row]:
         (cls, {"compresion": "fp16"}, TypeError, "did you mean 'compression'?"),
         (
             cls,
-            {"no_such_argument": 1},
+            {"xyzzy_qux": 1},
             TypeError,
-            f"{cls.__name__} got an unexpected keyword argument 'no_such_argument'. ",
+            f"{cls.__name__} got an unexpected keyword argument 'xyzzy_qux'. ",
         ),
         (cls, {"device_ids": [0]}, TypeError, "Lightning sets it from Trainer(devices=...)"),
     ]
