@@ -33,6 +33,7 @@ from lightning_delayed.core.odsgd import ODSGDConfig
 from lightning_delayed.core.overlap_local_sgd import OverlapLocalSGDConfig
 from lightning_delayed.core.sasgd import SASGDConfig
 from lightning_delayed.strategies.base import DelayedStrategy
+from lightning_delayed.strategies.diloco import DiLoCoStrategy, StreamingDiLoCoStrategy
 from lightning_delayed.strategies.sasgd import ASGDStrategy, SASGDStrategy
 
 NAN, INF = math.nan, math.inf
@@ -87,6 +88,17 @@ TABLE += [
     (CoCoDSGDStrategy, {"delay": 2}, TypeError, "CoCoDSGDStrategy fixes delay = sync_every"),
     (CoCoDSGDStrategy, {"delay": 4}, TypeError, "use DaSGDStrategy(sync_every=..., delay=...)"),
     (CoCoDSGDStrategy, {"weigting": "samples"}, TypeError, "did you mean 'weighting'?"),
+]
+for _cls in (DiLoCoStrategy, StreamingDiLoCoStrategy):
+    TABLE += [
+        *_non_finite(_cls, "outer_lr", "outer_lr (eta_o) must be a finite number > 0"),
+        *_non_finite(_cls, "outer_momentum", "outer_momentum (mu) must be a number in [0, 1)"),
+        (_cls, {"outer_lr": 0.0}, ValueError, "outer_lr (eta_o) must be a finite number > 0, got 0.0"),
+        (_cls, {"nesterv": True}, TypeError, "did you mean 'nesterov'?"),
+    ]
+TABLE += [
+    *_non_finite(StreamingDiLoCoStrategy, "alpha", "alpha must be a number in [0, 1]"),
+    (StreamingDiLoCoStrategy, {"num_fragment": 2}, TypeError, "did you mean 'num_fragments'?"),
 ]
 for _cls in PARAMETER_SERVER:
     TABLE += [
