@@ -25,6 +25,7 @@ from lightning_delayed.comm.groups import destroy_comm_group, new_comm_group
 from lightning_delayed.comm.hooks import DDPGradientHook, LocalGradientHook
 from lightning_delayed.fabric.algorithms import SPECS, config_fields, make_config
 from lightning_delayed.strategies import checkpoint as ckpt
+from lightning_delayed.strategies.checks import refuse_unknown_keywords
 from lightning_delayed.strategies.comm_args import check_comm_arguments, make_communicator
 
 if TYPE_CHECKING:
@@ -106,6 +107,8 @@ class DelayedFabricStrategy(DDPStrategy):
                     f"DelayedFabricStrategy does not accept {key}: the strategy installs its own communication. "
                     "Pass comm_hook=<a lightning_delayed.CommHook> and/or compression='fp16'/'bf16' instead"
                 )
+        # A misspelt argument would otherwise reach DistributedDataParallel(...) only after the group is up.
+        refuse_unknown_keywords(type(self), ddp_kwargs)
         if not SPECS[algorithm].gradients:
             # Buffers take part in the averages and evolve locally in between (docs/algorithms/index.md).
             ddp_kwargs.setdefault("broadcast_buffers", False)
