@@ -42,7 +42,6 @@ if TYPE_CHECKING:
     from lightning_delayed.core.base import DelayedAlgorithm
 
 CHECKPOINT_KEY = "lightning_delayed"
-_OWNED_DDP_ARGS = ("broadcast_buffers",)
 
 
 class DelayedFabricStrategy(DDPStrategy):
@@ -51,9 +50,13 @@ class DelayedFabricStrategy(DDPStrategy):
     Args:
         algorithm: the registry name: ``"ssgd"``, ``"odsgd"``, ``"local_sgd"``, ``"dasgd"``,
             ``"cocodsgd"``, ``"overlap_local_sgd"``, ``"diloco"`` or ``"streaming_diloco"``.
-        bucket_cap_mb, check_finite, compression, error_feedback, comm_hook, process_group_backend,
-            timeout: the communication, as for the Trainer strategies
-            (:class:`~lightning_delayed.strategies.base.DelayedStrategy`).
+        bucket_cap_mb: cap of each communication bucket in MiB (default 25).
+        check_finite: raise a clear error when an averaged tensor contains NaN or Inf (default hook).
+        compression: wire dtype of what the algorithm communicates: ``"none"``, ``"fp16"`` or ``"bf16"``.
+        error_feedback: with compression, carry each tensor's rounding residual to the next send.
+        comm_hook: how tensors are averaged, a :class:`~lightning_delayed.comm.communicator.CommHook`.
+        process_group_backend: ``"gloo"`` or ``"nccl"`` (default: NCCL on CUDA, gloo on CPU).
+        timeout: timeout of collectives, also of the algorithm's own process group.
         start_method: how Fabric launches the ranks (``"popen"``, ``"spawn"``, ``"fork"``...).
         **kwargs: the algorithm's arguments (those of its Trainer strategy, e.g. ``sync_every``,
             ``delay``, ``local_lr``), then ``DistributedDataParallel``'s.
