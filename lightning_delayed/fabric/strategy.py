@@ -172,6 +172,7 @@ class DelayedFabricStrategy(DDPStrategy):
     def setup_module(self, module: nn.Module) -> DistributedDataParallel:
         if self._module is not None:
             raise ValueError(f"{type(self).__name__} trains one module; fabric.setup was called with a second one")
+        self.check_precision()
         ddp = super().setup_module(module)
         self._module = module
         assert self.communicator is not None, "setup_environment runs before setup_module (fabric.launch)"
@@ -185,6 +186,15 @@ class DelayedFabricStrategy(DDPStrategy):
         if self.ddp_hook is not None:
             ddp.register_comm_hook(state=None, hook=self.ddp_hook.hook)
         return ddp
+
+    def check_precision(self) -> None:
+        """Refuse a loss scaler for gradient algorithms (same config on every rank, so refused on every rank)."""
+        scaler = getattr(self.precision, "scaler", None)
+        if SPECS[self.algorithm_name].gradients and self.algorithm_name != "ssgd" and scaler is not None:
+            raise ValueError(
+                f"{self.algorithm_name} does not support precision='16-mixed': its gradient scaler would unscale a "
+                "gradient computed under another step's scale. Use precision='bf16-mixed' or '32-true'."
+            )
 
     @override
     def setup_optimizer(self, optimizer: Optimizer) -> Optimizer:

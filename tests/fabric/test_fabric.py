@@ -116,3 +116,20 @@ def test_bad_arguments_are_refused_at_construction(args: dict[str, Any], error: 
 
     with pytest.raises(error, match=match):
         DelayedFabricStrategy(**args)
+
+
+def test_odsgd_refuses_a_loss_scaler() -> None:
+    """As behind the Trainer: fp16 AMP's scale changes between steps, OD-SGD steps with last step's gradient."""
+    import warnings
+
+    from lightning.fabric.plugins.precision import MixedPrecision
+
+    from lightning_delayed.fabric import DelayedFabricStrategy
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # GradScaler warns that CUDA is not available
+        scaler = torch.amp.GradScaler("cuda")
+    strategy = DelayedFabricStrategy("odsgd", precision=MixedPrecision("16-mixed", "cuda", scaler=scaler))
+    with pytest.raises(ValueError, match="does not support precision='16-mixed'"):
+        strategy.check_precision()
+    DelayedFabricStrategy("odsgd").check_precision()  # 32-true: accepted
