@@ -22,6 +22,8 @@ def fit(case: dict[str, Any], save: tuple[int, str] | None = None, resume_from: 
     args = case.get("args", {})
     # A registry name alone (Fabric(strategy="odsgd")) or a configured strategy object.
     strategy: Any = case["kind"] if case.get("by_name") else DelayedFabricStrategy(case["kind"], **args)
+    # Default precision: the model is float64 already, and precision="64-true" would cast the model's
+    # output back to the default dtype (float32) before the loss, unlike the references.
     fabric = Fabric(accelerator="cpu", devices=world_size(), strategy=strategy)
     fabric.launch()
     net = build_net()
