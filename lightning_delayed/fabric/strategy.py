@@ -309,20 +309,41 @@ class DelayedFabricStrategy(DDPStrategy):
         strict: bool = True,
         weights_only: bool | None = None,
     ) -> dict[str, Any]:
-        remainder = super().load_checkpoint(path, state, strict=strict, weights_only=weights_only)
-        saved = remainder.pop(CHECKPOINT_KEY, None)
         if not isinstance(state, dict) or not state:
-            return remainder if not state else {}
-        # Checked on every rank; a failure on any rank raises on all (ckpt.agree_on_load).
-        ckpt.agree_on_load(
-            lambda: {CHECKPOINT_KEY: saved} if saved is not None else {},
-            lambda loaded: ckpt.check_loaded(self, loaded, CHECKPOINT_KEY, path),
-            path,
-        )
-        if saved is not None and self.algorithm is not None:
+            # The whole file (state=None), or a raw module or optimizer state: no algorithm state to restore.
+            return super().load_checkpoint(path, state, strict=strict, weights_only=weights_only)
+
+        def load() -> dict[str, Any]:
+            return super(DelayedFabricStrategy, self).load_checkpoint(
+                path, state, strict=strict, weights_only=weights_only
+            )
+
+        # Read and checked on every rank; a failure on any rank raises on all (ckpt.agree_on_load).
+        remainder = ckpt.agree_on_load(load, lambda loaded: self._check_loaded(loaded, path), path)
+        saved = remainder.pop(CHECKPOINT_KEY, None)
+        if saved is not None:
             # After the module's (consensus) weights: the rank's own weights and the rule's state.
             ckpt.restore(self, saved)
         return remainder
+
+    def _check_loaded(self, loaded: dict[str, Any], path: _PATH) -> None:
+        saved = loaded.get(CHECKPOINT_KEY)
+        if saved is None:
+            return
+        if self.algorithm is None:
+            raise ValueError(
+                f"the checkpoint {path} holds {saved.get('strategy')!r} state, which is restored into the algorithm "
+                "built by fabric.setup(model, optimizer): call fabric.load after fabric.setup"
+            )
+        # The checksum covers the algorithm's entry (save_checkpoint), and the strategy must be the same.
+        ckpt.check_loaded(self, {CHECKPOINT_KEY: saved}, CHECKPOINT_KEY, path)
+        changed = ckpt.config_mismatch(saved.get(ckpt.CONFIG_KEY) or {}, ckpt.algorithm_config(self))
+        if changed:
+            raise ValueError(
+                f"the checkpoint {path} was written with other {self.strategy_name!r} arguments: {'; '.join(changed)}. "
+                "Resuming would change the algorithm in the middle of its trajectory. Resume with the checkpoint's "
+                "arguments, or load only its model weights into a new run."
+            )
 
     # ------------------------------------------------------------------ registry
 

@@ -75,3 +75,15 @@ def resume(cases: list[dict[str, Any]], tmp: str, save_step: int) -> list[dict[s
         out.append({"whole": whole, "resumed": resumed})
         torch.distributed.barrier()
     return out
+
+
+def resume_with_other_arguments(case: dict[str, Any], tmp: str) -> str:
+    """Save with ``case``'s arguments, then resume with another ``sync_every``: the refusal every rank sees."""
+    path = f"{tmp}/fabric-args.ckpt"
+    fit(case, save=(3, path))
+    other = {**case, "args": {**case["args"], "sync_every": case["args"]["sync_every"] + 1}}
+    try:
+        fit(other, resume_from=path)
+    except ValueError as e:
+        return str(e)
+    return "resumed"

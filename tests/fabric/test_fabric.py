@@ -133,3 +133,10 @@ def test_odsgd_refuses_a_loss_scaler() -> None:
     with pytest.raises(ValueError, match="does not support precision='16-mixed'"):
         strategy.check_precision()
     DelayedFabricStrategy("odsgd").check_precision()  # 32-true: accepted
+
+
+def test_resume_with_other_arguments_is_refused_on_every_rank(tmp_path: Path) -> None:
+    case = next(c for c in CASES if c["kind"] == "dasgd")
+    messages = run_ranks("tests.fabric.fabric_worker:resume_with_other_arguments", case=case, tmp=str(tmp_path))
+    for message in messages:
+        assert "other 'dasgd' arguments: sync_every=2 (checkpoint) vs sync_every=3 (this run)" in message
