@@ -10,6 +10,7 @@ from typing import TypeVar
 
 from lightning.pytorch.strategies import StrategyRegistry
 
+from lightning_delayed.fabric import register_fabric_strategies
 from lightning_delayed.strategies import (
     ASGDStrategy,
     CoCoDSGDStrategy,
@@ -61,6 +62,7 @@ def register_strategy(cls: _S) -> _S:
 def register_all() -> None:
     for cls in STRATEGIES:
         cls.register_strategies(StrategyRegistry)
+    register_fabric_strategies()  # the same names, in Fabric's own registry (docs/fabric.md)
 
 
 def strategy_names() -> list[str]:

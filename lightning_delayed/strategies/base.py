@@ -33,14 +33,14 @@ from typing_extensions import override
 
 from lightning_delayed._compat import collective_timeout, process_group_backend
 from lightning_delayed.comm.buckets import DEFAULT_BUCKET_CAP_MB
-from lightning_delayed.comm.communicator import AllReduceHook, CommHook
-from lightning_delayed.comm.compression import CompressedHook, Compression, check_compression
+from lightning_delayed.comm.communicator import CommHook  # noqa: TC001 (LightningCLI reads the annotations)
+from lightning_delayed.comm.compression import Compression  # noqa: TC001 (as above)
 from lightning_delayed.comm.hooks import DDPGradientHook
 from lightning_delayed.comm.process_groups import destroy_comm_group, init_elastic_default_group, new_comm_group
 from lightning_delayed.core.base import DelayedAlgorithm
-from lightning_delayed.core.checks import check_real, positive
 from lightning_delayed.strategies import checkpoint as ckpt
-from lightning_delayed.strategies.checks import check_timeout, refuse_on_every_rank, refuse_unknown_keywords
+from lightning_delayed.strategies.checks import refuse_on_every_rank, refuse_unknown_keywords
+from lightning_delayed.strategies.comm_args import SUPPORTED_BACKENDS, check_comm_arguments, make_communicator
 from lightning_delayed.strategies.finite import refuse_non_finite_checkpoint
 
 if TYPE_CHECKING:
@@ -53,7 +53,6 @@ if TYPE_CHECKING:
     from lightning_delayed.core.base import DelayedAlgorithm
 
 CHECKPOINT_KEY = "lightning_delayed"
-SUPPORTED_BACKENDS = ("gloo", "nccl")
 _OWNED_DDP_ARGS = ("ddp_comm_hook", "ddp_comm_state", "ddp_comm_wrapper", "model_averaging_period")
 
 
@@ -102,28 +101,16 @@ class DelayedStrategy(DDPStrategy):
         start_method: Literal["popen", "spawn", "fork", "forkserver"] = "popen",
         **kwargs: Any,
     ) -> None:
-        check_real("bucket_cap_mb", bucket_cap_mb, "a number of MiB > 0", positive)
-        check_timeout(timeout)
-        if not isinstance(check_finite, bool):
-            raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
-        check_compression(compression)
-        if not isinstance(error_feedback, bool):
-            raise ValueError(f"error_feedback must be True or False, got {error_feedback!r}")
-        if comm_hook is not None and not isinstance(comm_hook, CommHook):
-            raise TypeError(
-                "comm_hook must be a lightning_delayed.CommHook (or None for the default all-reduce), "
-                f"got {comm_hook!r}"
-            )
-        if isinstance(comm_hook, CompressedHook) and compression != "none":
-            raise ValueError(
-                f"compression={compression!r} and comm_hook={comm_hook!r} both compress: set compression='none' "
-                "or give an uncompressed comm_hook"
-            )
-        if process_group_backend is not None and process_group_backend not in SUPPORTED_BACKENDS:
-            raise ValueError(
-                f"process_group_backend={process_group_backend!r} is not supported by {type(self).__name__}: "
-                f"use one of {SUPPORTED_BACKENDS} (or None for NCCL on GPU, gloo on CPU)"
-            )
+        check_comm_arguments(
+            type(self).__name__,
+            bucket_cap_mb=bucket_cap_mb,
+            check_finite=check_finite,
+            compression=compression,
+            error_feedback=error_feedback,
+            comm_hook=comm_hook,
+            process_group_backend=process_group_backend,
+            timeout=timeout,
+        )
         # LightningCLI passes every DDPStrategy argument it finds, with None for the defaults.
         for key in _OWNED_DDP_ARGS:
             if key in kwargs and kwargs[key] is None:
@@ -189,11 +176,14 @@ class DelayedStrategy(DDPStrategy):
 
     def build_communicator(self) -> CommHook:
         """The :class:`CommHook` of this fit: ``comm_hook`` (or the default), wrapped for ``compression``."""
-        hook = self.comm_hook if self.comm_hook is not None else AllReduceHook(self.bucket_cap_mb, self.check_finite)
-        if self.compression != "none":
-            hook = CompressedHook(hook, self.compression, self.error_feedback)  # type: ignore[arg-type]
-        hook.set_group(self.comm_group)
-        return hook
+        return make_communicator(
+            self.comm_hook,
+            bucket_cap_mb=self.bucket_cap_mb,
+            check_finite=self.check_finite,
+            compression=self.compression,
+            error_feedback=self.error_feedback,
+            group=self.comm_group,
+        )
 
     @property
     def custom_communication(self) -> bool:
@@ -371,29 +361,7 @@ class DelayedStrategy(DDPStrategy):
         super().save_checkpoint(checkpoint, filepath, storage_options=storage_options)
 
     def _algorithm_checkpoint(self) -> dict[str, Any]:
-        assert self.algorithm is not None and self.lightning_module is not None
-        # Per-rank communication state (error-feedback residuals) and module buffers (statistics
-        # that are not averaged) travel with the algorithm's.
-        local = {
-            "algorithm": _to_cpu(self.algorithm.local_state_dict()),
-            "comm": _to_cpu(self.communicator.state_dict()) if self.communicator is not None else {},
-            "buffers": _to_cpu(ckpt.rank_buffers(self.lightning_module)),
-        }
-        world = dist.get_world_size() if dist.is_initialized() else 1
-        if world > 1:
-            gathered: list[Any] | None = [None] * world if self.global_rank == 0 else None
-            dist.gather_object(local, gathered, dst=0)
-        else:
-            gathered = [local]
-        return {
-            "strategy": self.strategy_name,
-            "world_size": world,
-            ckpt.CONFIG_KEY: ckpt.algorithm_config(self),
-            "state": _to_cpu(self.algorithm.state_dict()),
-            "local_states": None if gathered is None else [g["algorithm"] for g in gathered],
-            "comm_states": None if gathered is None else [g["comm"] for g in gathered],
-            ckpt.BUFFERS_KEY: None if gathered is None else [g["buffers"] for g in gathered],
-        }
+        return ckpt.gather_algorithm_state(self)
 
     @override
     def load_checkpoint(self, checkpoint_path: _PATH, weights_only: bool | None = None) -> dict[str, Any]:
@@ -429,16 +397,6 @@ class DelayedStrategy(DDPStrategy):
 def _device_id(device: torch.device) -> torch.device | None:
     # What Lightning passes to init_process_group as `device_id`.
     return device if device.type != "cpu" else None
-
-
-def _to_cpu(obj: Any) -> Any:
-    if isinstance(obj, Tensor):
-        return obj.detach().cpu()
-    if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_to_cpu(v) for v in obj)
-    return obj
 
 
 def refuse_grad_scaler(strategy: DelayedStrategy, trainer: pl.Trainer) -> None:

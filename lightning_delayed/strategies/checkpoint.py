@@ -30,7 +30,7 @@ import hashlib
 import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -41,7 +41,8 @@ from torch import Tensor, nn
 if TYPE_CHECKING:
     from lightning.fabric.utilities.types import _PATH
 
-    from lightning_delayed.strategies.base import DelayedStrategy
+    from lightning_delayed.comm.communicator import CommHook
+    from lightning_delayed.core.base import DelayedAlgorithm
 
 CHECKSUM_KEY = "checksum"
 CONFIG_KEY = "config"
@@ -122,10 +123,70 @@ def previous_checkpoint_hint(path: _PATH) -> str:
     return f"Resume from an earlier checkpoint, e.g. the newest other one in that directory: {max(candidates)[1]}"
 
 
+class StrategyLike(Protocol):
+    """What these helpers read from a strategy: the Trainer glue's or the Fabric glue's."""
+
+    compression: str
+    error_feedback: bool
+    comm_hook: CommHook | None
+    communicator: CommHook | None
+    algorithm: DelayedAlgorithm | None
+
+    @property
+    def strategy_name(self) -> str: ...
+
+    @property
+    def lightning_module(self) -> nn.Module | None: ...
+
+    @property
+    def global_rank(self) -> int: ...
+
+
+def to_cpu(obj: Any) -> Any:
+    """``obj`` with every tensor detached and on the CPU (dicts, lists and tuples followed)."""
+    if isinstance(obj, Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_cpu(v) for v in obj)
+    return obj
+
+
+def gather_algorithm_state(strategy: StrategyLike) -> dict[str, Any]:
+    """The algorithm's entry of a checkpoint; every rank's own state gathered to rank 0.
+
+    A matched collective: call it on every rank. Per-rank communication state (error-feedback
+    residuals) and module buffers (statistics that are not averaged) travel with the algorithm's.
+    """
+    algorithm, module = strategy.algorithm, strategy.lightning_module
+    assert algorithm is not None and module is not None
+    local = {
+        "algorithm": to_cpu(algorithm.local_state_dict()),
+        "comm": to_cpu(strategy.communicator.state_dict()) if strategy.communicator is not None else {},
+        "buffers": to_cpu(rank_buffers(module)),
+    }
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if world > 1:
+        gathered: list[Any] | None = [None] * world if strategy.global_rank == 0 else None
+        dist.gather_object(local, gathered, dst=0)
+    else:
+        gathered = [local]
+    return {
+        "strategy": strategy.strategy_name,
+        "world_size": world,
+        CONFIG_KEY: algorithm_config(strategy),
+        "state": to_cpu(algorithm.state_dict()),
+        "local_states": None if gathered is None else [g["algorithm"] for g in gathered],
+        "comm_states": None if gathered is None else [g["comm"] for g in gathered],
+        BUFFERS_KEY: None if gathered is None else [g["buffers"] for g in gathered],
+    }
+
+
 # ------------------------------------------------------------------ the algorithm's arguments
 
 
-def algorithm_config(strategy: DelayedStrategy) -> dict[str, Any]:
+def algorithm_config(strategy: StrategyLike) -> dict[str, Any]:
     """The arguments that define the strategy's updates: its config dataclass plus the communication."""
     config: dict[str, Any] = {}
     own = getattr(strategy, "config", None)
@@ -151,7 +212,7 @@ def config_mismatch(saved: Mapping[str, Any], current: Mapping[str, Any]) -> lis
 # ------------------------------------------------------------------ loading on every rank
 
 
-def check_loaded(strategy: DelayedStrategy, checkpoint: Mapping[str, Any], own_key: str, path: _PATH) -> None:
+def check_loaded(strategy: StrategyLike, checkpoint: Mapping[str, Any], own_key: str, path: _PATH) -> None:
     """Every check of a loaded checkpoint: checksum, strategy, and (when fitting) the arguments."""
     verify_checksum(checkpoint, own_key, path)
     saved = checkpoint.get(own_key)
@@ -244,7 +305,7 @@ def consensus_buffers(saved: Sequence[Mapping[str, Tensor]]) -> dict[str, Tensor
 # ------------------------------------------------------------------ resuming
 
 
-def restore(strategy: DelayedStrategy, saved: Mapping[str, Any]) -> None:
+def restore(strategy: StrategyLike, saved: Mapping[str, Any]) -> None:
     """Restore the algorithm, communication and buffers of this rank at the start of training."""
     algorithm = strategy.algorithm
     module = strategy.lightning_module
@@ -263,7 +324,7 @@ def restore(strategy: DelayedStrategy, saved: Mapping[str, Any]) -> None:
         strategy.communicator.load_state_dict(comm_states[rank])
 
 
-def restore_resized(strategy: DelayedStrategy, saved: Mapping[str, Any], world: int) -> None:
+def restore_resized(strategy: StrategyLike, saved: Mapping[str, Any], world: int) -> None:
     """Resume on ``world`` ranks from a checkpoint of ``saved["world_size"]`` ranks, by the algorithm's rule."""
     algorithm = strategy.algorithm
     module = strategy.lightning_module

@@ -1,0 +1,73 @@
+"""What both front doors (the Trainer strategies and the Fabric glue) share about communication.
+
+* :func:`check_comm_arguments`: the communication arguments every strategy accepts, checked at
+  construction time with an error naming the argument, the value and what is allowed.
+* :func:`make_communicator`: the :class:`~lightning_delayed.comm.communicator.CommHook` those
+  arguments describe, bound to the algorithm's own process group.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from lightning_delayed.comm.communicator import AllReduceHook, CommHook
+from lightning_delayed.comm.compression import CompressedHook, check_compression
+from lightning_delayed.core.checks import check_real, positive
+from lightning_delayed.strategies.checks import check_timeout
+
+if TYPE_CHECKING:
+    import torch.distributed as dist
+
+SUPPORTED_BACKENDS = ("gloo", "nccl")
+
+
+def check_comm_arguments(
+    owner: str,
+    *,
+    bucket_cap_mb: float,
+    check_finite: bool,
+    compression: str,
+    error_feedback: bool,
+    comm_hook: CommHook | None,
+    process_group_backend: str | None,
+    timeout: object,
+) -> None:
+    """Raise a ``ValueError``/``TypeError`` for a communication argument ``owner`` (a class name) cannot take."""
+    check_real("bucket_cap_mb", bucket_cap_mb, "a number of MiB > 0", positive)
+    check_timeout(timeout)
+    if not isinstance(check_finite, bool):
+        raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
+    check_compression(compression)
+    if not isinstance(error_feedback, bool):
+        raise ValueError(f"error_feedback must be True or False, got {error_feedback!r}")
+    if comm_hook is not None and not isinstance(comm_hook, CommHook):
+        raise TypeError(
+            f"comm_hook must be a lightning_delayed.CommHook (or None for the default all-reduce), got {comm_hook!r}"
+        )
+    if isinstance(comm_hook, CompressedHook) and compression != "none":
+        raise ValueError(
+            f"compression={compression!r} and comm_hook={comm_hook!r} both compress: set compression='none' "
+            "or give an uncompressed comm_hook"
+        )
+    if process_group_backend is not None and process_group_backend not in SUPPORTED_BACKENDS:
+        raise ValueError(
+            f"process_group_backend={process_group_backend!r} is not supported by {owner}: "
+            f"use one of {SUPPORTED_BACKENDS} (or None for NCCL on GPU, gloo on CPU)"
+        )
+
+
+def make_communicator(
+    comm_hook: CommHook | None,
+    *,
+    bucket_cap_mb: float,
+    check_finite: bool,
+    compression: str,
+    error_feedback: bool,
+    group: dist.ProcessGroup | None,
+) -> CommHook:
+    """``comm_hook`` (or the default bucketed all-reduce), wrapped for ``compression``, on ``group``."""
+    hook = comm_hook if comm_hook is not None else AllReduceHook(bucket_cap_mb, check_finite)
+    if compression != "none":
+        hook = CompressedHook(hook, compression, error_feedback)  # type: ignore[arg-type]
+    hook.set_group(group)
+    return hook
