@@ -25,6 +25,21 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 
 
+DISTRIBUTED_ENV = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK")
+"""What an in-process ``fit`` makes Lightning put in ``os.environ`` (its store may still hold the port)."""
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    """``os.environ`` without the distributed variables an earlier in-process fit left, plus ``extra``.
+
+    A child launched with an inherited ``MASTER_PORT`` would try to listen on the port the pytest
+    process's store still holds (``EADDRINUSE``), depending only on which tests ran before it.
+    """
+    env = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}
+    env.update(extra)
+    return env
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +15,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from examples.digits import DigitsCNN, DigitsDataModule
 from lightning_delayed import AllReduceHook, CommHook, CompressedHook, ODSGDStrategy, SSGDStrategy
-from tests.helpers.launch import run_ranks
+from tests.helpers.launch import child_env, run_ranks
 
 REPO = Path(__file__).resolve().parents[2]
 CLI = REPO / "examples" / "cli.py"
@@ -25,7 +24,7 @@ TIMEOUT_S = 180
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = child_env(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.run(
         [sys.executable, str(CLI), *args],
         cwd=REPO,

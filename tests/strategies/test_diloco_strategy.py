@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from lightning.pytorch.strategies import StrategyRegistry
 
 import lightning_delayed
 from lightning_delayed import DiLoCoStrategy, StreamingDiLoCoStrategy
-from tests.helpers.launch import run_ranks
+from tests.helpers.launch import child_env, run_ranks
 from tests.helpers.models import RegressionModule, trainer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -108,11 +107,7 @@ def test_single_device_trains_and_ends_on_theta() -> None:
 
 
 def _run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    # An in-process fit earlier in this session left Lightning's MASTER_PORT (still bound by its store)
-    # in os.environ; the child must pick its own port.
-    leaked = ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK")
-    env = {k: v for k, v in os.environ.items() if k not in leaked}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    env = child_env(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
     proc = subprocess.run(
         [sys.executable, str(REPO / "examples" / "cli.py"), *args],
         cwd=REPO,
