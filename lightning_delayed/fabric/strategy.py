@@ -13,25 +13,28 @@ from __future__ import annotations
 import contextlib
 from typing import TYPE_CHECKING, Any, Literal
 
-import torch
-import torch.distributed as dist
+import torch  # noqa: TC002 (LightningCLI resolves `parallel_devices: list[torch.device]` at run time)
 from lightning.fabric.strategies.ddp import DDPStrategy
 from torch.distributed.constants import default_pg_timeout
 from typing_extensions import override
 
-from lightning_delayed._compat import collective_timeout, process_group_backend
 from lightning_delayed.comm.buckets import DEFAULT_BUCKET_CAP_MB
 from lightning_delayed.comm.hooks import DDPGradientHook, LocalGradientHook
-from lightning_delayed.comm.process_groups import destroy_comm_group, new_comm_group
 from lightning_delayed.fabric.algorithms import SPECS, config_fields, make_config
 from lightning_delayed.strategies import checkpoint as ckpt
 from lightning_delayed.strategies.checks import refuse_unknown_keywords
-from lightning_delayed.strategies.comm_args import check_comm_arguments, make_communicator
+from lightning_delayed.strategies.comm_args import (
+    check_comm_arguments,
+    make_communicator,
+    open_comm_group,
+    release_comm_group,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
     from datetime import timedelta
 
+    import torch.distributed as dist
     from lightning.fabric.strategies.registry import _StrategyRegistry
     from lightning.fabric.utilities.types import _PATH, Optimizable
     from torch import Tensor, nn
@@ -155,10 +158,7 @@ class DelayedFabricStrategy(DDPStrategy):
     @override
     def setup_environment(self) -> None:
         super().setup_environment()
-        # The algorithm's averages run on a group of their own, as behind the Trainer, so nothing
-        # the user's loop runs on the default group waits behind an average in flight.
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            self.comm_group = new_comm_group(process_group_backend(self), collective_timeout(self))
+        self.comm_group = open_comm_group(self)  # as behind the Trainer: averages never block the loop's collectives
         self.communicator = make_communicator(
             self.comm_hook,
             bucket_cap_mb=self.bucket_cap_mb,
@@ -220,10 +220,8 @@ class DelayedFabricStrategy(DDPStrategy):
     @override
     def teardown(self) -> None:
         super().teardown()
-        destroy_comm_group(self.comm_group)
+        release_comm_group(self.comm_group, self.communicator)
         self.comm_group = None
-        if self.communicator is not None:
-            self.communicator.set_group(None)
 
     # ------------------------------------------------------------------ the step
 

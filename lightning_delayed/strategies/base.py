@@ -20,13 +20,11 @@ from datetime import timedelta  # noqa: TC003 (LightningCLI resolves __init__'s 
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import lightning.pytorch as pl  # noqa: TC002 (as above: `accelerator: pl.accelerators.Accelerator`)
-import torch
-import torch.distributed as dist
+import torch  # noqa: TC002 (LightningCLI resolves `parallel_devices: list[torch.device]` at run time)
 from lightning.fabric.plugins.environments.torchelastic import TorchElasticEnvironment
 from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.strategies import DDPStrategy
 from lightning.pytorch.trainer.states import TrainerFn
-from torch import Tensor
 from torch.distributed.constants import default_pg_timeout
 from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
@@ -36,18 +34,26 @@ from lightning_delayed.comm.buckets import DEFAULT_BUCKET_CAP_MB
 from lightning_delayed.comm.communicator import CommHook  # noqa: TC001 (LightningCLI reads the annotations)
 from lightning_delayed.comm.compression import Compression  # noqa: TC001 (as above)
 from lightning_delayed.comm.hooks import DDPGradientHook
-from lightning_delayed.comm.process_groups import destroy_comm_group, init_elastic_default_group, new_comm_group
+from lightning_delayed.comm.process_groups import init_elastic_default_group
 from lightning_delayed.core.base import DelayedAlgorithm
 from lightning_delayed.strategies import checkpoint as ckpt
 from lightning_delayed.strategies.checks import refuse_on_every_rank, refuse_unknown_keywords
-from lightning_delayed.strategies.comm_args import SUPPORTED_BACKENDS, check_comm_arguments, make_communicator
+from lightning_delayed.strategies.comm_args import (
+    SUPPORTED_BACKENDS,
+    check_comm_arguments,
+    make_communicator,
+    open_comm_group,
+    release_comm_group,
+)
 from lightning_delayed.strategies.finite import refuse_non_finite_checkpoint
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    import torch.distributed as dist
     from lightning.fabric.strategies.registry import _StrategyRegistry
     from lightning.fabric.utilities.types import _PATH
+    from torch import Tensor
     from torch.optim import Optimizer
 
     from lightning_delayed.core.base import DelayedAlgorithm
@@ -217,22 +223,13 @@ class DelayedStrategy(DDPStrategy):
             # torchelastic keeps one store across restart attempts: rendezvous on this attempt's keys.
             init_elastic_default_group(backend, collective_timeout(self), device_id=_device_id(self.root_device))
         super().setup_distributed()
-        # The algorithm's averages run on a group of their own: Lightning broadcasts a SIGTERM flag
-        # on the default group before every training batch, and on gloo (and on one NCCL stream)
-        # that broadcast would wait behind an average in flight, so nothing would overlap.
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            self.comm_group = new_comm_group(process_group_backend(self), collective_timeout(self))
+        self.comm_group = open_comm_group(self)  # created anew for every fit, released at teardown
 
     @override
     def teardown(self) -> None:
         super().teardown()
-        # setup_distributed creates the group anew for every fit: release its threads and sockets.
-        # They end only with the last reference to the group, and a trainer the user keeps holds
-        # this strategy, its communicator and the algorithm; nothing communicates after teardown.
-        destroy_comm_group(self.comm_group)
+        release_comm_group(self.comm_group, self.communicator)
         self.comm_group = None
-        if self.communicator is not None:
-            self.communicator.set_group(None)
 
     @override
     def setup(self, trainer: pl.Trainer) -> None:

@@ -4,19 +4,21 @@
   construction time with an error naming the argument, the value and what is allowed.
 * :func:`make_communicator`: the :class:`~lightning_delayed.comm.communicator.CommHook` those
   arguments describe, bound to the algorithm's own process group.
+* :func:`open_comm_group` / :func:`release_comm_group`: that group's life cycle, one per fit.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
+import torch.distributed as dist
+
+from lightning_delayed._compat import collective_timeout, process_group_backend
 from lightning_delayed.comm.communicator import AllReduceHook, CommHook
 from lightning_delayed.comm.compression import CompressedHook, check_compression
+from lightning_delayed.comm.process_groups import destroy_comm_group, new_comm_group
 from lightning_delayed.core.checks import check_real, positive
 from lightning_delayed.strategies.checks import check_timeout
-
-if TYPE_CHECKING:
-    import torch.distributed as dist
 
 SUPPORTED_BACKENDS = ("gloo", "nccl")
 
@@ -71,3 +73,27 @@ def make_communicator(
         hook = CompressedHook(hook, compression, error_feedback)  # type: ignore[arg-type]
     hook.set_group(group)
     return hook
+
+
+def open_comm_group(strategy: Any) -> dist.ProcessGroup | None:
+    """The algorithm's own process group (every rank), with the strategy's backend and timeout; ``None`` alone.
+
+    The averages run on a group of their own: Lightning broadcasts a SIGTERM flag on the default
+    group before every training batch, and on gloo (and on one NCCL stream) that broadcast, or any
+    collective of the user's loop, would wait behind an average in flight, so nothing would overlap.
+    """
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return None
+    return new_comm_group(process_group_backend(strategy), collective_timeout(strategy))
+
+
+def release_comm_group(group: dist.ProcessGroup | None, communicator: CommHook | None) -> None:
+    """Destroy ``group`` and drop the communicator's reference to it (teardown of every fit).
+
+    A group's threads and sockets end only with its last reference, and a trainer (or Fabric) the
+    user keeps holds the strategy, its communicator and the algorithm; nothing communicates after
+    teardown.
+    """
+    destroy_comm_group(group)
+    if communicator is not None:
+        communicator.set_group(None)
