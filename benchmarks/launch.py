@@ -43,7 +43,13 @@ class Runner:
             s.bind(("127.0.0.1", 0))
             return int(s.getsockname()[1])
 
-    def run(self, task: str, extra: list[str], world: int = 2) -> list[dict[str, Any]]:
+    def run(self, task: str, extra: list[str], world: int = 2, module: str = "benchmarks.run") -> list[dict[str, Any]]:
+        """Run ``python -m <module> --worker --task <task> --result <prefix> <extra>`` on ``world`` ranks.
+
+        ``module`` is any module whose command line takes ``--worker``, ``--task`` and ``--result``
+        and makes rank ``r`` write ``<prefix>.rank<r>.json`` (the benchmark phases with workers of
+        their own, such as :mod:`benchmarks.lm`, use it).
+        """
         self.count += 1
         prefix = self.workdir / f"run{self.count}"
         port = self._port()
@@ -67,7 +73,7 @@ class Runner:
                 LD_BENCH_NET_DEV=self.link.devices[rank] if self.link.emulated else "",
                 PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p),
             )
-            cmd = [*self.link.exec_prefix(rank), sys.executable, "-m", "benchmarks.run", "--worker", "--task", task]
+            cmd = [*self.link.exec_prefix(rank), sys.executable, "-m", module, "--worker", "--task", task]
             cmd += ["--result", str(prefix), *extra]
             log = open(f"{prefix}.rank{rank}.log", "w")  # noqa: SIM115 - closed below
             procs.append(
