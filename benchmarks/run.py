@@ -84,15 +84,17 @@ STARTUP_S = 10.0
 TAIL = 3000
 
 
+PHASE_ERRORS: dict[str, str] = {}
+"""Why a phase's module could not be imported (reported only if that phase is asked for)."""
+
+
 def load_phase(name: str) -> ModuleType | None:
-    """The module of phase ``name``, or None if it does not exist (yet); any other import error propagates."""
-    module = PHASES[name]
+    """The module of phase ``name``, or None if it cannot be imported (not written yet, a dependency missing)."""
     try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name is not None and module.startswith(e.name):
-            return None
-        raise
+        return importlib.import_module(PHASES[name])
+    except ImportError as e:
+        PHASE_ERRORS[name] = f"{type(e).__name__}: {e}"
+        return None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -157,7 +159,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--workloads must list phases of {known}, got {args.workloads!r}")
     absent = [w for w in workloads if w in missing]
     if absent and args.workloads is not None:
-        p.error(f"phase(s) {absent} need module(s) {[PHASES[w] for w in absent]}, which this checkout does not have")
+        why = "; ".join(f"{w} ({PHASES[w]}): {PHASE_ERRORS.get(w, '?')}" for w in absent)
+        p.error(f"phase(s) {absent} cannot be loaded: {why}")
     args.skipped_phases = absent  # default list only: a phase whose module is not there yet is left out, with a note
     args.workload_list = [w for w in workloads if w not in absent]
     settings = [s.strip() for s in args.batch_settings.split(",") if s.strip()]
@@ -542,7 +545,8 @@ def main(argv: list[str] | None = None) -> int:
         "accuracy": [],
     }
     if args.skipped_phases:
-        log(f"NOTE: phases {args.skipped_phases} left out: their modules are not in this checkout")
+        why = "; ".join(f"{w}: {PHASE_ERRORS.get(w, '?')}" for w in args.skipped_phases)
+        log(f"NOTE: phases {args.skipped_phases} of the default list left out, they cannot be loaded ({why})")
     print_budget(args)
     start = time.monotonic()
     # SIGTERM must run the finally blocks below (namespace removal) like Ctrl-C does.
