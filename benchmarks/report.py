@@ -5,10 +5,10 @@ the page without measuring again. Metrics (per run, ranks combined):
 
 * samples/s: the ranks' samples/s summed (each rank: batch x timed steps / window wall time);
 * x ssgd: samples/s over ``ssgd``'s at the same (bandwidth, batch);
-* x compute: samples/s over the compute-only bound's at the same batch (overlap efficiency);
-* x limit: samples/s over the strategy's own limit, ``world x batch / max(t_compute, t_link)``, with
-  ``t_compute`` the compute-only step time and ``t_link`` = payload bytes the strategy all-reduces
-  per step / all-reduce throughput measured on the same link in the same run;
+* x compute: samples/s over the compute-only bound's samples/s at the same batch (overlap efficiency);
+* x limit: samples/s over the strategy's own limit, ``min(compute-only samples/s, world x batch / t_link)``,
+  with ``t_link`` = payload bytes the strategy all-reduces per step / all-reduce throughput measured on
+  the same link in the same run (the bound is measured like the strategy, so it is exactly 1 for itself);
 * blocked: time per step the rank waited for communication (:class:`lightning_delayed.CommMonitor`);
 * exposed: step time minus the compute-only step time (communication not hidden, any family);
 * all-reduced: payload bytes per step per rank (CommMonitor); wire: bytes the rank's veth sent per step;
@@ -82,6 +82,10 @@ def _step(entry: dict[str, Any]) -> float:
     return float(max(r["step_s"] for r in entry["ranks"]))
 
 
+def _sps(entry: dict[str, Any]) -> float:
+    return float(sum(r["samples_per_s"] for r in entry["ranks"]))
+
+
 def summarize(data: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per throughput run (one repeat of one cell) with every derived metric.
 
@@ -92,14 +96,14 @@ def summarize(data: dict[str, Any]) -> list[dict[str, Any]]:
     """
     allreduce = {link["bandwidth"]: link["allreduce"] for link in data["links"]}
     compute_runs = [e for e in data["throughput"] if e["strategy"] == "compute_only" and _ok(e)]
-    compute_round = {
-        (e["bandwidth"], e["batch_size"], e.get("round", 0)): _step(e)
+    compute_round = {  # (step, samples/s) of the bound
+        (e["bandwidth"], e["batch_size"], e.get("round", 0)): (_step(e), _sps(e))
         for e in compute_runs
         if e.get("role", "compare") == "compare"
     }
-    compute_any: dict[int, list[float]] = {}
+    compute_any: dict[int, list[tuple[float, float]]] = {}
     for e in compute_runs:
-        compute_any.setdefault(e["batch_size"], []).append(_step(e))
+        compute_any.setdefault(e["batch_size"], []).append((_step(e), _sps(e)))
     rows = []
     for e in data["throughput"]:
         if e.get("role", "compare") != "compare":
@@ -112,23 +116,24 @@ def summarize(data: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         ranks = e["ranks"]
         world = len(ranks)
-        row["samples_per_s"] = sum(r["samples_per_s"] for r in ranks)
+        row["samples_per_s"] = _sps(e)
         row["step_s"] = _step(e)
         row["blocked_s"] = statistics.mean(r["blocked_s_per_step"] for r in ranks)
         row["bytes"] = statistics.mean(r["bytes_per_step"] for r in ranks)
         wire = [r["wire_bytes_per_step"] for r in ranks if r.get("wire_bytes_per_step") is not None]
         row["wire_bytes"] = statistics.mean(wire) if wire else None
         row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ranks)
-        t_compute = compute_round.get((e["bandwidth"], e["batch_size"], row["round"]))
-        if t_compute is None and e["batch_size"] in compute_any:
-            t_compute = statistics.median(compute_any[e["batch_size"]])
-        row["exposed_s"] = None if t_compute is None else max(0.0, row["step_s"] - t_compute)
+        bound = compute_round.get((e["bandwidth"], e["batch_size"], row["round"]))
+        if bound is None and e["batch_size"] in compute_any:
+            pairs = compute_any[e["batch_size"]]
+            bound = (statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs))
+        row["exposed_s"] = None if bound is None else max(0.0, row["step_s"] - bound[0])
         ar = allreduce.get(e["bandwidth"])
-        if t_compute is not None:
-            row["x_compute"] = row["samples_per_s"] / (world * e["batch_size"] / t_compute)
+        if bound is not None:
+            row["x_compute"] = row["samples_per_s"] / bound[1]
             row["t_link"] = link_time(row, ranks, ar)
-            limit = max(t_compute, row["t_link"] or 0.0)
-            row["x_limit"] = row["samples_per_s"] / (world * e["batch_size"] / limit)
+            limit_sps = bound[1] if not row["t_link"] else min(bound[1], world * e["batch_size"] / row["t_link"])
+            row["x_limit"] = row["samples_per_s"] / limit_sps
         rows.append(row)
     base: dict[tuple[Any, ...], float] = {}
     base_any: dict[tuple[Any, ...], list[float]] = {}
@@ -312,8 +317,8 @@ def plots(data: dict[str, Any], rows: list[dict[str, Any]], acc_data: list[dict[
         fig, axes = plt.subplots(1, 2, figsize=(13, 4.8))
         names = list(dict.fromkeys(r["strategy"] for r in ok_rows))
         for name in names:
-            pts = [(i, _get(rows, bw, b, name)) for i, (bw, b) in enumerate(keys)]
-            pts = [(i, r) for i, r in pts if r is not None]
+            found = [(i, _get(rows, bw, b, name)) for i, (bw, b) in enumerate(keys)]
+            pts = [(i, r) for i, r in found if r is not None]
             style = "--" if name in ("ddp", "post_local_sgd", "compute_only") else "-"
             for ax, key in zip(axes, ("samples_per_s", "x_compute"), strict=True):
                 got = [(i, r) for i, r in pts if r.get(key) is not None]

@@ -446,9 +446,11 @@ def measure_throughput(args: argparse.Namespace, shaped: netns.ShapedLink, runne
             chosen = choose_batches(cal["a"], cal["b"], link["allreduce"]["seconds_per_op"])
             batches = {s: chosen[s] for s in args.setting_list}
             if "ssgd" in names:
-                link["batch_choice"] = refine_batches(
-                    batches, cal, lambda b, r=rate: throughput(r, b, "ssgd", role="probe")
-                )
+
+                def probe(batch: int, rate: int | None = rate) -> dict[str, Any]:
+                    return throughput(rate, batch, "ssgd", role="probe")
+
+                link["batch_choice"] = refine_batches(batches, cal, probe)
                 batches = {k: v["final"] for k, v in link["batch_choice"].items()}
         link["batches"] = batches
         log(f"link {label}: batches {batches}, {args.repeats} interleaved rounds of {len(names)} strategies")

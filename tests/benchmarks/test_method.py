@@ -192,3 +192,11 @@ def test_a_missing_phase_module_is_an_error_only_when_asked_for(
     args = run.parse_args([])
     assert args.workload_list == ["throughput", "fake"] and args.skipped_phases == ["ghost"]
     assert run.parse_args(["--quick"]).workload_list == ["throughput", "fake"]
+
+
+def test_the_bound_is_measured_like_the_strategies_so_it_is_exactly_its_own_limit(tmp_path: Path) -> None:
+    data = results(tmp_path)
+    bound = next(e for e in data["throughput"] if e["strategy"] == "compute_only")
+    bound["ranks"][1] = {**bound["ranks"][1], "samples_per_s": 60.0, "step_s": BATCH / 60.0}  # ranks unequal
+    cell = next(c for c in report.cells(report.summarize(data)) if c["strategy"] == "compute_only")
+    assert cell["x_limit_range"] == pytest.approx((1.0, 1.0)) and not cell["noise"]
