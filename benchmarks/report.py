@@ -490,13 +490,18 @@ def markdown(data: dict[str, Any], images: list[str], sections: list[str] | None
             *[f"| {t} | {m_} | {v_} |" for t, m_, v_ in lines],
             "",
         ]
+        noise = [f"`{r['strategy']}` ({r['bandwidth']}, B={r['batch_size']})" for r in rows if r.get("noise")]
+        if noise:
+            out += [f"Left out as noise (median x limit > {NOISE_LIMIT}): {', '.join(noise)}.", ""]
     failed = [e for e in data["throughput"] + data["accuracy"] if e.get("status") == "failed"]
     if failed:
         out += ["## Failed runs", ""]
         for e in failed:
             first = (e.get("error") or "").splitlines()[:1]
             out.append(
-                f"- `{e['strategy']}` ({e.get('bandwidth')}, B={e.get('batch_size', 32)}): {first[0] if first else '?'}"
+                f"- `{e['strategy']}` ({e.get('bandwidth')}, B={e.get('batch_size', 32)}"
+                + (f", round {e['round'] + 1}" if "round" in e else "")
+                + f"): {first[0] if first else '?'}"
             )
         out.append("")
     out += [f"![{Path(i).stem}]({i})" for i in images] + [""]

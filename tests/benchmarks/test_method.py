@@ -168,6 +168,7 @@ def test_phases_register_options_run_in_order_write_json_and_render(tmp_path: Pa
     report.write_report(data, docs)
     text = docs.read_text()
     assert "## Fake phase\n\nsize 3" in text and "| `cocodsgd` |" in text and "**noise**" in text
+    assert "Left out as noise (median x limit > 1.05): `cocodsgd` (unshaped, B=8)." in text
     assert (docs.parent / "img" / "benchmarks_throughput.png").read_bytes()[:4] == b"\x89PNG"
 
 
