@@ -128,6 +128,17 @@ def our_strategies() -> dict[str, type]:
     return {cls.strategy_name: cls for cls in STRATEGIES}
 
 
+def lock_step_strategies() -> list[str]:
+    """Ours whose ranks advance step by step together (every one but the parameter-server family, sasgd/asgd).
+
+    ``SASGDStrategy`` workers push to and pull from an RPC parameter server and never wait for each
+    other; every other strategy meets its peers in a collective at fixed steps.
+    """
+    from lightning_delayed.strategies.sasgd import SASGDStrategy
+
+    return [name for name, cls in our_strategies().items() if not issubclass(cls, SASGDStrategy)]
+
+
 def all_names() -> list[str]:
     """Ours in registry order, then the baselines."""
     return [*our_strategies(), *BASELINES]

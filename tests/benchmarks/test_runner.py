@@ -54,7 +54,7 @@ def test_quick_run_without_root_falls_back_to_loopback_and_writes_json_markdown_
     docs = tmp_path / "docs" / "benchmarks.md"
     # One strategy keeps it to three pairs of processes (all-reduce, throughput, digits); the monitor
     # and baseline tests cover the other families.
-    argv = ["--quick", "--bandwidths", "unshaped,200mbit", "--strategies", "ssgd"]
+    argv = ["--quick", "--bandwidths", "unshaped,200mbit", "--strategies", "ssgd", "--workloads", "throughput,accuracy"]
     argv += ["--out", str(tmp_path / "results"), "--docs", str(docs), "--timeout", "240"]
     assert run.main(argv) == 0
     assert "need root" in capsys.readouterr().err and "loopback only" in docs.read_text()
