@@ -408,7 +408,8 @@ def payload_efficiency(data: dict[str, Any]) -> float:
 SWEEP_SIZES = tuple(round(4096 * (45e6 / 4096) ** (i / 7)) // 4 * 4 for i in range(8))
 """8 message sizes, geometric from 4 KB to 45 MB (a ResNet-18 gradient)."""
 MLP_WIDTH, MLP_IN, MLP_DEPTH = 1024, 256, 3
-CLUSTER_STRATEGIES = "compute_only,ssgd,odsgd,local_sgd,dasgd,cocodsgd,overlap_local_sgd,diloco"
+CLUSTER_STRATEGIES = "compute_only,ssgd,odsgd,local_sgd,dasgd,cocodsgd"
+"""One of each kind of hiding (none, DDP's, one step, blocking 1/H, d steps, whole period), in the 4-minute budget."""
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
@@ -536,6 +537,7 @@ def _task_mlp(args: argparse.Namespace) -> dict[str, Any]:
     import lightning.pytorch as pl
     import torch
     from torch import nn
+    from torch.utils.data import DataLoader
 
     from benchmarks.baselines import build_strategy
     from benchmarks.worker import _trainer_topology, rank_and_world
@@ -583,7 +585,7 @@ def _task_mlp(args: argparse.Namespace) -> dict[str, Any]:
         callbacks=[clock],
         **_trainer_topology(),
     )
-    trainer.fit(module, [(x, y)] * total)
+    trainer.fit(module, DataLoader([(x, y)] * total, batch_size=None))
     window = clock.ends[total - 1] - clock.ends[args.warmup - 1]
     return {
         "batch_size": args.batch_size,
@@ -809,7 +811,8 @@ def section(data: dict[str, Any], img_dir: Path) -> str:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_args(p)
-    p.add_argument("--from-json", type=Path, help="no measurement: analyse this results JSON (its throughput cells)")
+    p.add_argument("--base-json", type=Path, help="start from this results JSON (its throughput cells, calibration)")
+    p.add_argument("--no-measure", action="store_true", help="only analyse --base-json, measure nothing")
     p.add_argument("--out", type=Path, default=None, help="JSON to write (default benchmarks/results/scaling-<date>)")
     p.add_argument("--img-dir", type=Path, default=None, help="where the plot goes (default: next to the JSON)")
     p.add_argument("--md", type=Path, default=None, help="write the section's markdown here")
@@ -841,10 +844,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_path = args.out or REPO / "benchmarks" / "results" / f"scaling-{stamp}.json"
-    if args.from_json:
-        data = json.loads(args.from_json.read_text())
-    else:
-        data = {"meta": {"command": " ".join(["python -m benchmarks.projection", *(argv or sys.argv[1:])])}}
+    data: dict[str, Any] = json.loads(args.base_json.read_text()) if args.base_json else {"meta": {}}
+    if not args.no_measure:
+        data["meta"]["scaling_command"] = " ".join(["python -m benchmarks.projection", *(argv or sys.argv[1:])])
+        data.pop("scaling", None)
         ok, why = netns.can_emulate()
         t0 = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="ldbench-") as tmp:
