@@ -7,32 +7,35 @@ THE PROJECTION IS A MODEL, NOT A MEASUREMENT. What is measured here (2 CPU cores
    payload bandwidth ``beta`` (bytes/s).
 2. **Compute**: the compute-only bound ``t(B) = a + b B`` (the throughput phase's calibration, or
    two compute-only runs of this phase when that is absent).
-3. **4 ranks**: a small MLP on 4 ranks joined by an emulated switch (:func:`benchmarks.netns.emulated_cluster`),
-   every strategy once, its own link sweep and compute-only bound: data the model never saw.
+3. **4 ranks**: a small MLP (9.5 MB of fp32 parameters) on 4 ranks joined by an emulated switch
+   (:func:`benchmarks.netns.emulated_cluster`), one run per strategy, with its own link sweep and
+   compute-only bound: data the fits never saw.
 
 Model (per optimizer step, seconds; ``t_c`` compute-only step, ``M`` model bytes, ``N`` ranks,
 ``H`` ``sync_every``, ``d`` ``delay``)::
 
-    T_ar(M, N)        = 2(N-1)/N * M / beta + 2(N-1) * alpha                  ring all-reduce
+    T_ar(M, N)        = 2(N-1)/N * M / beta + 2(N-1) * alpha     ring all-reduce
     compute_only      = t_c
-    ssgd, ddp         = t_c + kappaM + max(0, T_ar - h t_c)                 DDP hides T_ar behind h t_c of backward
-    odsgd             = t_c + kappaM + max(0, T_ar - t_c)                   consumed one whole step after launch
-    (the periodic ones below: t_c is t_c + kappaM/H)
+    ssgd, ddp         = t_c + kappa M + max(0, T_ar - h t_c)     DDP hides T_ar behind h t_c of backward
+    odsgd             = t_c + kappa M + max(0, T_ar - t_c)       consumed one whole step after launch
+    the periodic ones, with t_c' = t_c + kappa M / H:
     local_sgd, diloco,
-    post_local_sgd    = t_c + T_ar / H                                  one blocking average per period
-    dasgd             = t_c + max(0, T_ar - d t_c) / H                  average overlaps d steps
+    post_local_sgd    = t_c' + T_ar / H                          one blocking average per period
+    dasgd             = t_c' + max(0, T_ar - d t_c') / H         the average overlaps d steps
     cocodsgd,
-    overlap_local_sgd = t_c + max(0, T_ar - H t_c) / H                  average overlaps the whole period
-    streaming_diloco  = t_c + P * max(0, T_ar(M/P, N) - tau t_c) / H      P fragments, each overlapping tau steps
+    overlap_local_sgd = t_c' + max(0, T_ar - H t_c') / H         the average overlaps the whole period
+    streaming_diloco  = t_c' + P max(0, T_ar(M/P) - tau t_c') / H   P fragments, each overlapping tau steps
 
 ``h`` (the share of a step DDP's bucketed all-reduce runs behind) and ``kappa`` (host CPU time per
 byte all-reduced, lost to compute: gloo's threads share the ranks' cores; 0 for the GPU
 projection) are fitted on the 2-rank ssgd/ddp cells only; every other cell and the 4-rank run
 are predictions. The model has no term for an algorithm's own work (copies, second update):
-that shows up as its error. ``sasgd`` and ``asgd``
-are left out: they are not lock-step and their traffic goes through one parameter server in
-rank 0, whose link carries ``N`` workers' pushes and pulls, not a ring; a ring model says nothing
-about them.
+that shows up as its error. ``sasgd`` and ``asgd`` are left out: they are not lock-step and
+their traffic goes through one parameter server in rank 0, whose link carries ``N`` workers'
+pushes and pulls, not a ring; a ring model says nothing about them.
+
+Run it after the throughput phase (it validates against ``data["throughput"]`` and reuses its
+calibration). Alone: ``sudo .venv/bin/python -m benchmarks.projection [--base-json RESULTS.json]``.
 """
 
 from __future__ import annotations
@@ -601,9 +604,10 @@ def run_worker(args: argparse.Namespace) -> None:
     import torch
     import torch.distributed as dist
 
-    import lightning_delayed  # noqa: F401  (registers the strategy names)
     from benchmarks.worker import rank_and_world
 
+    if args.task != "sweep":  # the sweep needs no Lightning: start it fast
+        import lightning_delayed  # noqa: F401  (registers the strategy names)
     warnings.filterwarnings("ignore")
     torch.set_num_threads(1)
     rank, world = rank_and_world()
@@ -651,6 +655,15 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+PLOT_GROUPS = (
+    ("odsgd",),
+    ("local_sgd", "post_local_sgd", "diloco"),
+    ("dasgd",),
+    ("cocodsgd", "overlap_local_sgd"),
+    ("streaming_diloco",),
+)
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
 
@@ -663,15 +676,16 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
         for j, lk in enumerate(links):
             ax = axes[i][j]
             sel = [r for r in rows if r["model"] == m and r["link"] == lk]
-            for s in PROJECTED:
-                ax.plot([r["n"] for r in sel], [r[s] for r in sel], marker="o", ms=3, label=s)
+            for group, style in zip(PLOT_GROUPS, ("-o", "-s", "--^", "-D", "-.v"), strict=True):
+                ys = [r[group[0]] for r in sel]  # the group's members share one rule, hence one curve
+                ax.plot([r["n"] for r in sel], ys, style, ms=3, label=" = ".join(group))
             ax.axhline(1.0, color="grey", lw=0.8, ls="--")
             ax.set_xscale("log", base=2)
             ax.set_title(f"{m}, {lk}", fontsize=10)
             ax.set_ylabel("speed-up over ssgd")
             if i == len(models) - 1:
                 ax.set_xlabel("ranks N")
-    axes[0][0].legend(fontsize=7, ncol=2)
+    axes[0][0].legend(fontsize=7)
     fig.suptitle("PROJECTION (latency-bandwidth model, not a measurement): step-time speed-up over ssgd", fontsize=11)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -813,7 +827,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_args(p)
     p.add_argument("--base-json", type=Path, help="start from this results JSON (its throughput cells, calibration)")
     p.add_argument("--no-measure", action="store_true", help="only analyse --base-json, measure nothing")
-    p.add_argument("--out", type=Path, default=None, help="JSON to write (default benchmarks/results/scaling-<date>)")
+    p.add_argument("--out", type=Path, default=None, help="JSON to write (default benchmarks/results/scaling/<date>)")
     p.add_argument("--img-dir", type=Path, default=None, help="where the plot goes (default: next to the JSON)")
     p.add_argument("--md", type=Path, default=None, help="write the section's markdown here")
     p.add_argument("--timeout", type=float, default=300.0)
@@ -843,7 +857,8 @@ def main(argv: list[str] | None = None) -> int:
         run_worker(args)
         return 0
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_path = args.out or REPO / "benchmarks" / "results" / f"scaling-{stamp}.json"
+    # a folder of its own: benchmarks.report's latest_json takes the newest *.json in results/
+    out_path = args.out or REPO / "benchmarks" / "results" / "scaling" / f"{stamp}.json"
     data: dict[str, Any] = json.loads(args.base_json.read_text()) if args.base_json else {"meta": {}}
     if not args.no_measure:
         data["meta"]["scaling_command"] = " ".join(["python -m benchmarks.projection", *(argv or sys.argv[1:])])
