@@ -727,10 +727,12 @@ def section(data: dict[str, Any], img_dir: Path) -> str:
         f"`h` = **{a['h_ddp']:.2f}** (the share of a compute step DDP's bucketed all-reduce runs behind) and "
         f"`kappa` = **{a['kappa'] * 1e9:.2f} ms/MB** (host CPU time per byte all-reduced that compute loses: gloo's "
         "threads share the ranks' 2 cores) are fitted (median relative error) on the 2-rank `ssgd`/`ddp` cells "
-        "only; every other cell, and the 4-rank run, is a prediction. The model has no term for an algorithm's "
-        "own work (copies, second update): that shows up as its error. `sasgd`/`asgd` are not modelled: they are not "
-        "lock-step, and their traffic goes through one parameter server in rank 0 (N pushes and pulls on one "
-        "link), which a ring model does not describe.",
+        "only; every other cell, and the 4-rank run, is a prediction. `h` depends on how DDP buckets the "
+        "model (ResNet-18 spans several 25 MB buckets; a model that fits in about one bucket, like the 4-rank"
+        " MLP, hides almost nothing), so the 4-rank ssgd cell tests its transfer too. The model has no term "
+        "for an algorithm's own work (copies, second update): that shows up as its error. `sasgd`/`asgd` are "
+        "not modelled: they are not lock-step, and their traffic goes through one parameter server in rank 0 "
+        "(N pushes and pulls on one link), which a ring model does not describe.",
         "",
         "### Fitted link parameters",
         "",
