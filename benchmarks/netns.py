@@ -18,6 +18,15 @@ left behind without touching the namespaces of a run that is still going.
 
 Everything needs root (``CAP_NET_ADMIN``). :func:`can_emulate` says whether this process may;
 the runner falls back to loopback (unshaped, both ranks in the root namespace) when it may not.
+
+:func:`emulated_cluster` builds ``n`` ranks behind one switch, for runs on more than 2 ranks::
+
+    ns <...>-0  ldveth0 10.77.0.1 ==veth== ldport0 -+
+    ns <...>-1  ldveth1 10.77.0.2 ==veth== ldport1 -+- bridge ldbr0 in ns <...>-hub
+    ...                                             |
+    tc tbf rate R on every rank's end (its upload) and on every switch port (its download)
+
+so each rank is a node with a NIC of rate ``R`` in each direction, as on a switched cluster.
 """
 
 from __future__ import annotations
@@ -101,8 +110,10 @@ class Link:
     """
 
     namespaces: tuple[str, ...]
-    devices: tuple[str, str]
-    addresses: tuple[str, str]
+    devices: tuple[str, ...]
+    addresses: tuple[str, ...]
+    shaped_ends: tuple[tuple[str, str], ...] = ()
+    """(namespace, device) pairs whose egress is shaped; empty: every rank's end (the pair's veth)."""
 
     @property
     def emulated(self) -> bool:
@@ -129,6 +140,43 @@ def new_link(prefix: str = PREFIX) -> Link:
     )
 
 
+HUB_BRIDGE = "ldbr0"
+
+
+def new_cluster(n: int, prefix: str = PREFIX) -> Link:
+    """``n`` rank namespaces (``<prefix>-<pid>-<k>-<rank>``) and a switch namespace (``...-hub``), last."""
+    if not 2 <= n <= 250:
+        raise ValueError(f"an emulated cluster has 2 to 250 ranks, got {n}")
+    k = next(_counter)
+    ranks = tuple(f"{prefix}-{os.getpid()}-{k}-{r}" for r in range(n))
+    hub = f"{prefix}-{os.getpid()}-{k}-hub"
+    devices = tuple(f"ldveth{r}" for r in range(n))
+    return Link(
+        namespaces=(*ranks, hub),
+        devices=devices,
+        addresses=tuple(f"10.77.0.{r + 1}" for r in range(n)),
+        shaped_ends=(*zip(ranks, devices, strict=True), *((hub, f"ldport{r}") for r in range(n))),
+    )
+
+
+def cluster_setup_commands(link: Link) -> list[list[str]]:
+    """Commands that build a :func:`new_cluster`: the switch namespace and bridge, then one veth per rank."""
+    hub = link.namespaces[-1]
+    cmds = [["ip", "netns", "add", hub]]
+    cmds.append(["ip", "-n", hub, "link", "add", HUB_BRIDGE, "type", "bridge"])
+    cmds.append(["ip", "-n", hub, "link", "set", HUB_BRIDGE, "up"])
+    for r, (ns, dev, addr) in enumerate(zip(link.namespaces[:-1], link.devices, link.addresses, strict=True)):
+        port = f"ldport{r}"
+        cmds.append(["ip", "netns", "add", ns])
+        cmds.append(["ip", "link", "add", dev, "netns", ns, "type", "veth", "peer", "name", port, "netns", hub])
+        cmds.append(["ip", "-n", hub, "link", "set", port, "master", HUB_BRIDGE])
+        cmds.append(["ip", "-n", hub, "link", "set", port, "up"])
+        cmds.append(["ip", "-n", ns, "addr", "add", f"{addr}/{PREFIX_LEN}", "dev", dev])
+        cmds.append(["ip", "-n", ns, "link", "set", dev, "up"])
+        cmds.append(["ip", "-n", ns, "link", "set", "lo", "up"])
+    return cmds
+
+
 def setup_commands(link: Link) -> list[list[str]]:
     """Commands that build ``link``, in order; each namespace is created by its own first command."""
     ns0, ns1 = link.namespaces
@@ -145,7 +193,7 @@ def setup_commands(link: Link) -> list[list[str]]:
 def shape_commands(link: Link, bps: int | None) -> list[list[str]]:
     """Commands that set both ends to ``bps`` bit/s (``tc qdisc replace``), or remove shaping (None)."""
     cmds = []
-    for ns, dev in zip(link.namespaces, link.devices, strict=True):
+    for ns, dev in link.shaped_ends or zip(link.namespaces, link.devices, strict=True):
         if bps is None:
             cmds.append(["tc", "-n", ns, "qdisc", "del", "dev", dev, "root"])
         else:
@@ -187,9 +235,23 @@ def emulated_link(runner: Runner = run_command, prefix: str = PREFIX) -> Iterato
         NetnsError: a command failed (after removing what was already made).
     """
     link = new_link(prefix)
+    with _built(link, setup_commands(link), runner) as shaped:
+        yield shaped
+
+
+@contextlib.contextmanager
+def emulated_cluster(n: int, runner: Runner = run_command, prefix: str = PREFIX) -> Iterator[ShapedLink]:
+    """``n`` ranks behind one emulated switch (module docstring); deleted on exit, whatever happens."""
+    link = new_cluster(n, prefix)
+    with _built(link, cluster_setup_commands(link), runner) as shaped:
+        yield shaped
+
+
+@contextlib.contextmanager
+def _built(link: Link, setup: list[list[str]], runner: Runner) -> Iterator[ShapedLink]:
     made: list[str] = []
     try:
-        for cmd in setup_commands(link):
+        for cmd in setup:
             runner(cmd)
             if cmd[:3] == ["ip", "netns", "add"]:
                 made.append(cmd[3])
@@ -222,7 +284,7 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_stale(runner: Runner = run_command, prefix: str = PREFIX) -> list[str]:
     """Delete namespaces named ``<prefix>-<pid>-...`` whose creating process no longer exists."""
-    pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)-\d+-[01]$")
+    pattern = re.compile(rf"^{re.escape(prefix)}-(\d+)-\d+-(\d+|hub)$")
     removed = []
     for name in list_namespaces(runner):
         m = pattern.match(name)

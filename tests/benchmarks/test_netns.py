@@ -204,3 +204,36 @@ def test_real_shaped_link_carries_traffic_at_the_rate_and_is_removed() -> None:
         assert elapsed >= 0.5 * nbytes * 8 / rate, f"{nbytes} bytes in {elapsed:.2f} s: faster than the tbf rate"
         names = link.namespaces
     assert not set(names) & set(netns.list_namespaces())
+
+
+def test_cluster_commands_build_a_switch_and_shape_every_port() -> None:
+    link = netns.new_cluster(4)
+    *ranks, hub = link.namespaces
+    assert len(ranks) == 4 and hub.endswith("-hub") and link.exec_prefix(3) == ["ip", "netns", "exec", ranks[3]]
+    assert link.addresses == ("10.77.0.1", "10.77.0.2", "10.77.0.3", "10.77.0.4")
+    cmds = netns.cluster_setup_commands(link)
+    assert cmds[0] == ["ip", "netns", "add", hub]
+    assert ["ip", "-n", hub, "link", "set", "ldport2", "master", netns.HUB_BRIDGE] in cmds
+    assert ["ip", "-n", ranks[2], "addr", "add", "10.77.0.3/24", "dev", "ldveth2"] in cmds
+    shape = netns.shape_commands(link, 500_000_000)
+    # upload (rank end) and download (switch port) of every rank
+    assert sorted((c[2], c[6]) for c in shape) == sorted(
+        [*((ns, f"ldveth{r}") for r, ns in enumerate(ranks)), *((hub, f"ldport{r}") for r in range(4))]
+    )
+    with pytest.raises(ValueError, match="2 to 250"):
+        netns.new_cluster(1)
+
+
+def test_cluster_failure_removes_every_namespace_and_stale_hubs_are_found() -> None:
+    runner = FakeRunner(fail_on=["ip", "-n"])  # fails right after the switch namespace: bridge creation
+    with pytest.raises(netns.NetnsError), netns.emulated_cluster(3, runner):
+        pass
+    assert runner.deleted() == runner.added() and len(runner.added()) == 1
+    runner = FakeRunner()
+    with netns.emulated_cluster(3, runner) as shaped:
+        assert len(runner.added()) == 4
+        shaped.shape(10**8)
+    assert sorted(runner.deleted()) == sorted(runner.added())
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    names = [f"{netns.PREFIX}-{int(dead.stdout)}-0-{s}" for s in ("0", "3", "hub")]
+    assert netns.remove_stale(FakeRunner(namespaces=names)) == names
