@@ -9,16 +9,18 @@ ssgd's all-reduce of the 5.6 MB gradient takes about as long as the compute step
 Each strategy runs in one pair of processes (start-up is ~10 s) that trains one model per seed in
 turn. A run stops at ``--lm-max-steps`` or, checked at each validation, once its training wall
 time passes ``--lm-max-wall`` (the decision is reduced over the ranks so all stop at the same
-step). Every ``--lm-val-every`` steps each rank computes the loss of its own model on the fixed
-validation windows; the logged loss is the mean over the ranks. The clock is paused while
-validating, as in the digits workload. The time to the target is the training wall time of the
+step). Every ``--lm-val-every`` steps each rank computes the loss on the fixed validation windows
+of the model its strategy validates (ours: the consensus, the average over the ranks they form at
+validation start; ddp: the common replica; post-local SGD: each rank's own model); the logged loss
+is the mean over the ranks. The clock is paused while validating (consensus included), as in the
+digits workload. The time to the target is the training wall time of the
 first validation at or below it (a measured point, not an interpolation); a run that never gets
 there is reported as "not reached" with its final loss.
 
 Standalone (root, emulated link)::
 
     .venv/bin/python -m benchmarks.lm                                   # all strategies, 3 seeds
-    .venv/bin/python -m benchmarks.lm --lm-strategies ssgd,odsgd --lm-seeds 0 --lm-max-wall 15
+    .venv/bin/python -m benchmarks.lm --lm-strategies ssgd,odsgd --lm-seeds 0 --out /tmp/lm/lm.json
 """
 
 from __future__ import annotations
@@ -57,7 +59,7 @@ SYNC_EVERY = 4
 """Period of the other periodic strategies (cocodsgd, overlap_local_sgd, post-local SGD), as in the other phases."""
 MODEL = {"d_model": 192, "nhead": 4, "num_layers": 3, "seq_len": 128}
 LR = 3e-3
-VAL_WINDOWS = 64
+VAL_WINDOWS = 32
 
 
 def sync_every(name: str) -> int:
@@ -119,9 +121,9 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lm-bandwidth", default="200mbit", help="emulated link rate")
     g.add_argument("--lm-batch-size", type=int, default=16, help="windows per rank and step")
     g.add_argument("--lm-max-steps", type=int, default=400, help="steps per run at most")
-    g.add_argument("--lm-max-wall", type=float, default=25.0, help="training seconds per run (checked at validation)")
-    g.add_argument("--lm-val-every", type=int, default=10, help="steps between validations")
-    g.add_argument("--lm-target", type=float, default=2.3, help="target validation loss (nats per character)")
+    g.add_argument("--lm-max-wall", type=float, default=20.0, help="training seconds per run (checked at validation)")
+    g.add_argument("--lm-val-every", type=int, default=5, help="steps between validations")
+    g.add_argument("--lm-target", type=float, default=2.5, help="target validation loss (nats per character)")
     g.add_argument("--lm-timeout", type=float, default=300.0, help="seconds allowed per strategy (both ranks)")
 
 
@@ -383,8 +385,9 @@ def section(data: dict[str, Any], img_dir: Path) -> str:
         )
     lines += [
         f"Each run trains for {phase['max_wall_s']:.0f} s of training wall time (at most {phase['max_steps']} "
-        f"steps); every {phase['val_every']} steps each rank computes the loss of its own model on "
-        f"{phase['val_windows']} fixed validation windows (mean over the ranks; the clock is paused meanwhile).",
+        f"steps); every {phase['val_every']} steps each rank computes the loss on {phase['val_windows']} fixed "
+        "validation windows of the model its strategy validates (ours: the average over the ranks; post-local "
+        "SGD: its own), and the mean over the ranks is plotted; the clock is paused while validating.",
         f"Time to target: training wall time of the first validation at or below **{phase['target_loss']}** "
         "nats/char; median (min to max) over the seeds.",
         "",
