@@ -97,3 +97,8 @@ def test_section_renders_table_plot_and_failures(tmp_path: Path) -> None:
     assert "`diloco` 10" in text
     assert (tmp_path / "benchmarks_lm.png").stat().st_size > 0
     assert lm.section({}, tmp_path) == ""
+
+
+def test_schedule_is_one_pair_per_strategy_or_seed_major() -> None:
+    assert lm.schedule(["a", "b"], [0, 1], interleave=False) == [("a", [0, 1]), ("b", [0, 1])]
+    assert lm.schedule(["a", "b"], [0, 1], interleave=True) == [("a", [0]), ("b", [0]), ("a", [1]), ("b", [1])]
