@@ -140,7 +140,7 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lm-max-steps", type=int, default=400, help="steps per run at most")
     g.add_argument("--lm-max-wall", type=float, default=20.0, help="training seconds per run (checked at validation)")
     g.add_argument("--lm-val-every", type=int, default=5, help="steps between validations")
-    g.add_argument("--lm-target", type=float, default=2.5, help="target validation loss (nats per character)")
+    g.add_argument("--lm-target", type=float, default=2.55, help="target validation loss (nats per character)")
     g.add_argument(
         "--lm-interleave",
         action="store_true",
