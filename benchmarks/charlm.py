@@ -109,7 +109,10 @@ class CharTransformer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, VOCAB_SIZE)
         nn.init.normal_(self.pos, std=0.02)
-        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(seq_len), persistent=False)
+        # Boolean (True = masked), not the -inf float mask: strategies that average floating-point
+        # buffers (diloco, cocodsgd, ...) would average -inf and refuse the non-finite result.
+        causal = torch.ones(seq_len, seq_len, dtype=torch.bool).triu(1)
+        self.register_buffer("mask", causal, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         t = x.shape[1]
