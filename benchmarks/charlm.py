@@ -109,7 +109,9 @@ class CharTransformer(nn.Module):
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, VOCAB_SIZE)
         nn.init.normal_(self.pos, std=0.02)
-        self.register_buffer("mask", nn.Transformer.generate_square_subsequent_mask(seq_len), persistent=False)
+        # Boolean (True: may not attend), not the float -inf mask: the model-averaging strategies average every
+        # float buffer, and an all-reduce of -inf trips their finite-value check.
+        self.register_buffer("mask", torch.ones(seq_len, seq_len, dtype=torch.bool).triu(1), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         t = x.shape[1]
