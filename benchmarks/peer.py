@@ -93,10 +93,16 @@ def schedule(repeats: int) -> list[tuple[int, str]]:
 def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Per implementation: samples/s and wire MB/step (median, min-max), and the losses at equal wall time.
 
-    The equal wall time is the shortest run's training time, so every curve reaches it.
+    The equal wall time is the shortest run's training time, so every curve reaches it. Failed runs
+    (``"error"`` in the run) are only listed.
     """
+    failed = [run for run in runs if "error" in run]
+    runs = [run for run in runs if "error" not in run]
+    out: dict[str, Any] = {"failed": [f"{run['impl']} seed {run['seed']}" for run in failed]}
+    if not runs:
+        return out
     t_equal = min(run["val_curve"][-1][0] for run in runs)
-    out: dict[str, Any] = {"equal_wall_time_s": t_equal}
+    out["equal_wall_time_s"] = t_equal
     for impl in IMPLS:
         mine = [run for run in runs if run["impl"] == impl]
         if not mine:
@@ -314,6 +320,7 @@ def versions() -> dict[str, str]:
 def measure(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, out: dict[str, Any]) -> None:
     """Fill ``out["peer"]``: every interleaved run on every bandwidth, and the summaries."""
     from benchmarks import charlm
+    from benchmarks.launch import RunFailed
 
     if args.peer_steps % args.peer_sync_every or args.peer_steps < 2 * args.peer_sync_every:
         raise ValueError("--peer-steps must be a multiple of --peer-sync-every, at least two rounds")
@@ -345,12 +352,17 @@ def measure(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, 
         for rep, impl in schedule(args.peer_repeats):
             extra = ["--impl", impl, "--seed", str(rep), "--steps", str(args.peer_steps)]
             extra += ["--sync-every", str(args.peer_sync_every), "--addrs", addrs]
-            if impl == "torchft":
-                port = LIGHTHOUSE_PORT if link.emulated else _free_port()
-                with lighthouse(link, runner.workdir / f"lighthouse{runner.count + 1}.log", port) as url:
-                    ranks = runner.run("train", [*extra, "--lighthouse", url], module="benchmarks.peer")
-            else:
-                ranks = runner.run("train", extra, module="benchmarks.peer")
+            try:
+                if impl == "torchft":
+                    port = LIGHTHOUSE_PORT if link.emulated else _free_port()
+                    with lighthouse(link, runner.workdir / f"lighthouse{runner.count + 1}.log", port) as url:
+                        ranks = runner.run("train", [*extra, "--lighthouse", url], module="benchmarks.peer")
+                else:
+                    ranks = runner.run("train", extra, module="benchmarks.peer")
+            except RunFailed as e:  # one failed run is reported on the page, not the end of the benchmark
+                print(f"peer {bw} {impl} seed {rep} FAILED: {e}", flush=True)
+                runs.append({"impl": impl, "seed": rep, "error": str(e)[-2000:]})
+                continue
             run = dict(ranks[0])
             run["samples_per_s"] = min(r["samples_per_s"] for r in ranks)  # the slower rank sets the pace
             run["wire_mb_per_step"] = sum(r["wire_mb_per_step"] for r in ranks) / len(ranks)
@@ -391,11 +403,14 @@ def _plot(data: dict[str, Any], img_dir: Path) -> str | None:
     for ax, (bw, link) in zip(axes[0], links.items(), strict=True):
         seen = set()
         for run in link["runs"]:
+            if "error" in run:
+                continue
             t, v = zip(*run["val_curve"], strict=True)
             label = None if run["impl"] in seen else f"{run['impl']} diloco"
             seen.add(run["impl"])
             ax.plot(t, v, color=colours[run["impl"]], marker=".", alpha=0.8, label=label)
-        ax.axvline(link["summary"]["equal_wall_time_s"], color="grey", linestyle=":", linewidth=1)
+        if "equal_wall_time_s" in link["summary"]:
+            ax.axvline(link["summary"]["equal_wall_time_s"], color="grey", linestyle=":", linewidth=1)
         ax.set_title(f"{bw}: validation loss, seeds 0..{data['config']['repeats'] - 1}")
         ax.set_xlabel("training wall time (s, evaluation excluded)")
         ax.set_ylabel("validation loss (nats/char)")
@@ -448,6 +463,9 @@ def section(data: dict[str, Any], img_dir: Path) -> str:
     lines.append("")
     for bw, link in peer["links"].items():
         s = link["summary"]
+        for run in link["runs"]:
+            if "error" in run:
+                lines.append(f"- {bw}: {run['impl']} seed {run['seed']} failed: `{run['error'].splitlines()[0]}`")
         if "throughput_ratio" in s:
             verdict = "met" if s["throughput_ratio"] >= 1 else "missed"
             lines.append(

@@ -108,3 +108,12 @@ def test_the_lm_has_no_non_finite_float_buffer() -> None:
             assert torch.isfinite(buf).all(), name
     # ... and the causal mask is still there: position 0 may not see position 1, position 1 may see position 0
     assert bool(model.mask[0, 1]) and not bool(model.mask[1, 0])
+
+
+def test_failed_runs_are_listed_not_summarised() -> None:
+    runs = [*_runs(), {"impl": "torchft", "seed": 2, "error": "train --impl torchft: rank 1 exited with 1\n..."}]
+    s = peer.summarise(runs)
+    assert s["failed"] == ["torchft seed 2"]
+    assert s["torchft"]["samples_per_s"]["max"] == 32.0
+    only_failed = peer.summarise(runs[-1:])
+    assert only_failed == {"failed": ["torchft seed 2"]}
