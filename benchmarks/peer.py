@@ -85,6 +85,30 @@ def spread(values: Sequence[float]) -> dict[str, float]:
     return {"median": float(statistics.median(values)), "min": float(min(values)), "max": float(max(values))}
 
 
+def parse_task_stat(text: str) -> tuple[str, float]:
+    """``(thread name, user + system CPU ticks)`` of one ``/proc/<pid>/task/<tid>/stat`` line."""
+    name = text[text.index("(") + 1 : text.rindex(")")]
+    fields = text[text.rindex(")") + 2 :].split()
+    return name, float(fields[11]) + float(fields[12])  # utime, stime: fields 14 and 15 of proc(5)
+
+
+def cpu_by_thread(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+    """CPU seconds per thread name between two :func:`thread_ticks` snapshots (threads that ran only)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {name: (after[name] - before.get(name, 0.0)) / ticks for name in after}
+    return {name: sec for name, sec in sorted(out.items(), key=lambda kv: -kv[1]) if sec > 0}
+
+
+def thread_ticks() -> dict[str, float]:
+    """CPU ticks of this process per thread name (threads of the same name summed)."""
+    out: dict[str, float] = {}
+    for task in Path("/proc/self/task").iterdir():
+        with contextlib.suppress(OSError, ValueError):
+            name, ticks = parse_task_stat((task / "stat").read_text())
+            out[name] = out.get(name, 0.0) + ticks
+    return out
+
+
 def schedule(repeats: int) -> list[tuple[int, str]]:
     """``(repeat, impl)`` in interleaved order: ours, torchft, ours, torchft, ... (repeat r uses seed r)."""
     return [(r, impl) for r in range(repeats) for impl in IMPLS]
@@ -114,6 +138,17 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "final_val_loss": spread([run["val_curve"][-1][1] for run in mine]),
             "seconds": spread([run["val_curve"][-1][0] for run in mine]),
         }
+        if all("local_step_s" in run for run in mine):
+            out[impl]["local_step_s"] = spread([run["local_step_s"] for run in mine])
+            out[impl]["sync_step_s"] = spread([run["sync_step_s"] for run in mine])
+            names = {name for run in mine for name in run["cpu_s_by_thread"]}
+            per_step = {
+                name: statistics.median(run["cpu_s_by_thread"].get(name, 0.0) / run["steady_steps"] for run in mine)
+                for name in names
+            }
+            out[impl]["cpu_ms_per_step_by_thread"] = {
+                name: round(1e3 * sec, 2) for name, sec in sorted(per_step.items(), key=lambda kv: -kv[1]) if sec > 0
+            }
     if "ours" in out and "torchft" in out:
         out["throughput_ratio"] = out["ours"]["samples_per_s"]["median"] / out["torchft"]["samples_per_s"]["median"]
     return out
@@ -225,18 +260,25 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
         _store_barrier(barrier, "start", world)
         elapsed = 0.0
         steady_from = steady_tx = 0.0
+        ticks: dict[str, float] = {}
+        step_times: dict[bool, list[float]] = {False: [], True: []}  # after the first round; key: a sync step
         for step, (x, y) in enumerate(batches, start=1):
             t0 = time.perf_counter()
             optimizer.zero_grad()
             loss = charlm.loss(model, x, y)
             backward(loss)
             optimizer.step()  # ours: the diloco rule around it; torchft: DiLoCo's post-step hook
-            elapsed += time.perf_counter() - t0
+            took = time.perf_counter() - t0
+            elapsed += took
             train_curve.append([elapsed, float(loss.item())])
+            if step > args.sync_every:
+                step_times[step % args.sync_every == 0].append(took)
             if step % args.sync_every == 0:  # both sides just synchronised: the model is the global one
                 val_curve.append([elapsed, evaluate()])
                 if step == args.sync_every:  # the first round holds the start-up skew and the first quorum
                     steady_from, steady_tx = elapsed, _tx_bytes()
+                    ticks = thread_ticks()
+        cpu = cpu_by_thread(ticks, thread_ticks())  # evaluation included: it is the same on both sides
         steady_steps = args.steps - args.sync_every
         result = {
             "impl": args.impl,
@@ -245,6 +287,10 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
             "steps": args.steps,
             "samples_per_s": steady_steps * BATCH * world / (elapsed - steady_from),
             "wire_mb_per_step": (_tx_bytes() - steady_tx) / steady_steps / 1e6,
+            "steady_steps": steady_steps,
+            "local_step_s": statistics.median(step_times[False]),
+            "sync_step_s": statistics.median(step_times[True]),
+            "cpu_s_by_thread": cpu,
             "train_curve": train_curve,
             "val_curve": val_curve,
         }
@@ -389,6 +435,10 @@ def _fmt(s: dict[str, float], digits: int = 1) -> str:
     return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"
 
 
+def _ms(s: dict[str, float] | None) -> str:
+    return "-" if s is None else _fmt({k: 1e3 * v for k, v in s.items()}, 0)
+
+
 def _plot(data: dict[str, Any], img_dir: Path) -> str | None:
     import matplotlib
 
@@ -446,8 +496,8 @@ def section(data: dict[str, Any], img_dir: Path) -> str:
         "time is read off each curve at the shortest run's training time.",
         "",
         "| link | implementation | samples/s median (min-max) | wire MB/step | val loss at equal wall time "
-        "| final val loss | training time (s) |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| final val loss | training time (s) | local step (ms) | sync step (ms) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for bw, link in peer["links"].items():
         s = link["summary"]
@@ -458,7 +508,7 @@ def section(data: dict[str, Any], img_dir: Path) -> str:
             lines.append(
                 f"| {bw} | {impl} | {_fmt(row['samples_per_s'])} | {_fmt(row['wire_mb_per_step'], 2)} "
                 f"| {_fmt(row['val_loss_at_equal_time'], 3)} | {_fmt(row['final_val_loss'], 3)} "
-                f"| {_fmt(row['seconds'])} |"
+                f"| {_fmt(row['seconds'])} | {_ms(row.get('local_step_s'))} | {_ms(row.get('sync_step_s'))} |"
             )
     lines.append("")
     for bw, link in peer["links"].items():
@@ -474,6 +524,12 @@ def section(data: dict[str, Any], img_dir: Path) -> str:
                 f"{s['ours']['val_loss_at_equal_time']['median']:.3f}, torchft "
                 f"{s['torchft']['val_loss_at_equal_time']['median']:.3f} (medians over seeds)."
             )
+    for bw, link in peer["links"].items():
+        for impl in IMPLS:
+            cpu = link["summary"].get(impl, {}).get("cpu_ms_per_step_by_thread")
+            if cpu:
+                top = ", ".join(f"`{name}` {ms:.1f}" for name, ms in list(cpu.items())[:5])
+                lines.append(f"- {bw}, {impl}: CPU ms per step by thread (rank 0, `/proc/self/task`): {top}.")
     img = _plot(peer, img_dir)
     if img:
         lines += ["", f"![validation loss against wall time, ours and torchft]({img})"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -117,3 +118,26 @@ def test_failed_runs_are_listed_not_summarised() -> None:
     assert s["torchft"]["samples_per_s"]["max"] == 32.0
     only_failed = peer.summarise(runs[-1:])
     assert only_failed == {"failed": ["torchft seed 2"]}
+
+
+def test_parse_task_stat_reads_name_and_cpu_ticks() -> None:
+    # a thread name with a space and parentheses; utime 120 and stime 30 are fields 14 and 15
+    line = "4242 (gloo (x) 1) S 1 2 3 0 -1 4194304 143 0 0 0 120 30 0 0 20 0 1 0 1233564 3133440 394"
+    assert peer.parse_task_stat(line) == ("gloo (x) 1", 150.0)
+
+
+def test_cpu_by_thread_is_seconds_since_the_first_snapshot() -> None:
+    hz = os.sysconf("SC_CLK_TCK")
+    got = peer.cpu_by_thread({"python": 10.0, "idle": 5.0}, {"python": 10.0 + 2 * hz, "idle": 5.0, "new": hz})
+    assert got == {"python": 2.0, "new": 1.0}
+    assert list(got) == ["python", "new"]  # busiest first
+    assert sum(peer.thread_ticks().values()) > 0  # this process has run: /proc/self/task is read
+
+
+def test_summarise_reports_step_times_and_cpu_per_step() -> None:
+    runs = _runs()
+    for i, run in enumerate(runs):
+        run.update(steady_steps=10, local_step_s=0.1 * (i + 1), sync_step_s=0.5, cpu_s_by_thread={"python": 2.0})
+    s = peer.summarise(runs)
+    assert s["ours"]["local_step_s"]["max"] == pytest.approx(0.3)
+    assert s["torchft"]["cpu_ms_per_step_by_thread"] == {"python": 200.0}
