@@ -53,7 +53,8 @@ INNER_LR = 1e-3
 OUTER = {"lr": 0.7, "momentum": 0.9, "nesterov": True}
 VAL_WINDOWS = 32
 IMPLS = ("ours", "torchft")
-LIGHTHOUSE_PORT = 29510
+LIGHTHOUSE_PORT = 29400
+"""In rank 0's namespace, outside the Runner's 29500..29999 and the offsets below."""
 # Ports the worker derives from MASTER_PORT (the Runner's ports are 29500..29999, or free ones on loopback).
 BARRIER_PORT_OFFSET = 1000
 STORE_PORT_OFFSET = 2000  # + rank: each replica group's own TCPStore
