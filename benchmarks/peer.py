@@ -158,11 +158,19 @@ def summarise(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
 # ---------------------------------------------------------------- rank side
 
 
-def _store_barrier(store: Any, key: str, world: int) -> None:
-    """Every rank waits here until all ``world`` have arrived (the last one to arrive opens it)."""
+def _store_barrier(store: Any, key: str, world: int, rank: int) -> None:
+    """Every rank waits here until all ``world`` have arrived (the last one to arrive opens it).
+
+    Rank 0 holds the store's server, so it leaves last: once every other rank says it is through,
+    or its exit could close the server before another rank's ``wait`` has had its answer.
+    """
     if store.add(key, 1) == world:
         store.set(f"{key}/open", "1")
     store.wait([f"{key}/open"])
+    if rank == 0:
+        store.wait([f"{key}/through/{r}" for r in range(1, world)])
+    else:
+        store.set(f"{key}/through/{rank}", "1")
 
 
 def _tx_bytes() -> int:
@@ -258,7 +266,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
 
         train_curve: list[list[float]] = []
         val_curve = [[0.0, evaluate()]]
-        _store_barrier(barrier, "start", world)
+        _store_barrier(barrier, "start", world, rank)
         elapsed = 0.0
         steady_from = steady_tx = 0.0
         ticks: dict[str, float] = {}
@@ -295,7 +303,7 @@ def _train(args: argparse.Namespace) -> dict[str, Any]:
             "train_curve": train_curve,
             "val_curve": val_curve,
         }
-        _store_barrier(barrier, "end", world)
+        _store_barrier(barrier, "end", world, rank)
     return result
 
 
