@@ -141,3 +141,19 @@ def test_summarise_reports_step_times_and_cpu_per_step() -> None:
     s = peer.summarise(runs)
     assert s["ours"]["local_step_s"]["max"] == pytest.approx(0.3)
     assert s["torchft"]["cpu_ms_per_step_by_thread"] == {"python": 200.0}
+
+
+def test_store_barrier_lets_rank_0_leave_only_after_the_others() -> None:
+    import threading
+    from datetime import timedelta
+
+    from torch.distributed import TCPStore
+
+    master = TCPStore("127.0.0.1", 0, 2, is_master=True, timeout=timedelta(seconds=30), wait_for_workers=False)
+    client = TCPStore("127.0.0.1", master.port, 2, is_master=False, timeout=timedelta(seconds=30))
+    other = threading.Thread(target=peer._store_barrier, args=(client, "end", 2, 1))
+    other.start()
+    peer._store_barrier(master, "end", 2, 0)
+    assert master.check(["end/through/1"])  # rank 1 was through before rank 0 returned
+    other.join(timeout=30)
+    assert not other.is_alive()
