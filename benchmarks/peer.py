@@ -416,7 +416,7 @@ def measure(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, 
                     ranks = runner.run("train", extra, module="benchmarks.peer")
             except RunFailed as e:  # one failed run is reported on the page, not the end of the benchmark
                 print(f"peer {bw} {impl} seed {rep} FAILED: {e}", flush=True)
-                runs.append({"impl": impl, "seed": rep, "error": str(e)[-2000:]})
+                runs.append({"impl": impl, "seed": rep, "error": str(e).splitlines()[0], "log_tail": str(e)[-2000:]})
                 continue
             run = dict(ranks[0])
             run["samples_per_s"] = min(r["samples_per_s"] for r in ranks)  # the slower rank sets the pace
