@@ -534,11 +534,19 @@ def section(data: dict[str, Any], img_dir: Path) -> str:
                 f"{s['torchft']['val_loss_at_equal_time']['median']:.3f} (medians over seeds)."
             )
     for bw, link in peer["links"].items():
+        totals = {}
         for impl in IMPLS:
             cpu = link["summary"].get(impl, {}).get("cpu_ms_per_step_by_thread")
             if cpu:
+                totals[impl] = sum(cpu.values())
                 top = ", ".join(f"`{name}` {ms:.1f}" for name, ms in list(cpu.items())[:5])
                 lines.append(f"- {bw}, {impl}: CPU ms per step by thread (rank 0, `/proc/self/task`): {top}.")
+        if len(totals) == 2:
+            lines.append(
+                f"- {bw}: CPU per step, all threads: ours {totals['ours']:.0f} ms, torchft {totals['torchft']:.0f} ms "
+                f"(ratio {totals['ours'] / totals['torchft']:.2f}); where the wall-time ratio differs from this, "
+                "the difference is waiting (network, or CPU taken by other processes), not work."
+            )
     img = _plot(peer, img_dir)
     if img:
         lines += ["", f"![validation loss against wall time, ours and torchft]({img})"]
