@@ -18,6 +18,10 @@ ranks, with the clock stopped. Standalone::
 
     python -m benchmarks.peer --json peer.json              # 200mbit, 3 repeats, 64 steps
     python -m benchmarks.peer --peer-bandwidths 200mbit,unshaped --peer-repeats 3
+
+The default (200mbit, 3 repeats, 64 steps: 6 runs) does about 0.3 s of CPU per step and rank; on
+a quiet 2-core machine a run is about 35 s (start-up, 64 steps, 9 evaluations), the phase about 4
+minutes.
 """
 
 from __future__ import annotations
