@@ -30,12 +30,15 @@ Model (per optimizer step, seconds; ``t_c`` compute-only step, ``M`` model bytes
 ``E_ddp`` (:func:`ddp_exposed_s`) follows how DDP buckets the gradient: buckets of 1 MB (the first)
 then 25 MB (``bucket_cap_mb``) filled in gradient-ready order (:func:`ddp_buckets`); backward is the
 last 2/3 of ``t_c`` and makes gradient bytes at an even rate; buckets are all-reduced one after the
-other from when they are ready; ``E_ddp`` is how far the last one ends after ``t_c``. So the
+other from when they are ready; ``E_ddp`` is how far the last one ends after ``t_c``. Where the
+phase measured it (:func:`ready_profile`: gradient hooks on one process, one thread), the
+measured backward share and the time each gradient is made replace the 2/3 and the even rate. So the
 last-launched bucket never overlaps backward and the others overlap what is left of it: a model of
 one or two buckets (the 4-rank MLP) hides little, ResNet-18 (3 buckets) more. No overlap share is
 fitted. ``kappa`` (host CPU time per byte all-reduced, lost to compute: gloo's threads share the
 ranks' cores; 0 for the GPU projection) is the one fitted term, on the 2-rank ssgd/ddp cells
-only; every other cell and the 4-rank run are predictions. The model has no term for an
+only; every other cell and the 4-rank run are predictions. On ``N`` ranks it is scaled by
+:func:`contention`, not refitted: ``2(N-1)/N`` ring bytes per rank times ranks per core. The model has no term for an
 algorithm's own work (copies, second update): that shows up as its error. ``sasgd`` and ``asgd``
 are left out: they are not lock-step and their traffic goes through one parameter server in rank
 0, whose link carries ``N`` workers' pushes and pulls, not a ring; a ring model says nothing about
@@ -117,8 +120,55 @@ def even_buckets(nbytes: float, first: float = FIRST_BUCKET_BYTES, cap: float = 
     return out
 
 
+def profile_buckets(profile: dict[str, Any]) -> tuple[list[float], list[float]]:
+    """DDP's buckets of a measured :func:`ready_profile` and the share of backward done when each is ready."""
+    sizes = ddp_buckets(profile["param_bytes"])
+    ready, i = [], 0
+    for b in sizes:  # a bucket is ready with its last gradient
+        got = 0.0
+        while got < b - 0.5:
+            got += profile["param_bytes"][i]
+            i += 1
+        ready.append(max(profile["ready"][:i]))
+    return sizes, ready
+
+
+def ready_profile(model: Any, inputs: Any, targets: Any) -> dict[str, Any]:
+    """When backward makes each parameter's gradient (share of backward), and backward's share of the step.
+
+    One process, one thread; the second of two passes (the first warms up). Gradient-ready order is
+    the order the hooks fire, as DDP's rebuilt buckets follow it.
+    """
+    import torch
+
+    stamps: dict[int, float] = {}
+    params = [q for q in model.parameters() if q.requires_grad]
+    hooks = [q.register_post_accumulate_grad_hook(lambda q: stamps.__setitem__(id(q), time.perf_counter()))
+             for q in params]  # fmt: skip
+    for _ in range(2):
+        stamps.clear()
+        model.zero_grad()
+        t0 = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(model(inputs), targets)
+        t1 = time.perf_counter()
+        loss.backward()
+        t2 = time.perf_counter()
+    for h in hooks:
+        h.remove()
+    order = sorted(params, key=lambda q: stamps[id(q)])
+    return {
+        "param_bytes": [q.numel() * q.element_size() for q in order],
+        "ready": [(stamps[id(q)] - t1) / (t2 - t1) for q in order],
+        "backward_share": (t2 - t1) / (t2 - t0),
+    }
+
+
 def ddp_exposed_s(
-    t_c: float, allreduce: Callable[[float], float], buckets: Sequence[float], backward_share: float = BACKWARD_SHARE
+    t_c: float,
+    allreduce: Callable[[float], float],
+    buckets: Sequence[float],
+    backward_share: float = BACKWARD_SHARE,
+    ready: Sequence[float] | None = None,
 ) -> float:
     """Seconds of DDP's bucketed all-reduce left after the compute step: the part backward cannot hide.
 
@@ -126,16 +176,18 @@ def ddp_exposed_s(
     rate; bucket ``k`` is ready when the bytes of buckets ``1..k`` are made. Buckets are all-reduced
     one after the other, each from ``max(ready, previous one done)``; the step ends when the last one
     is done. So the last-launched bucket (ready when backward ends) never overlaps backward; the
-    others overlap what remains of it.
+    others overlap what remains of it. ``ready`` (measured, :func:`ready_profile`) replaces the even
+    rate: the share of backward done when each bucket is ready.
     """
     total = sum(buckets)
     if total <= 0:
         return 0.0
     t_b = backward_share * t_c
     start, made, done = t_c - t_b, 0.0, 0.0
-    for m in buckets:
+    for i, m in enumerate(buckets):
         made += m
-        done = max(start + t_b * made / total, done) + allreduce(m)
+        share = ready[i] if ready is not None else made / total
+        done = max(start + t_b * share, done) + allreduce(m)
     return max(0.0, done - t_c)
 
 
@@ -158,6 +210,7 @@ def step_time(
     fragments: int = 2,
     buckets: Sequence[float] | None = None,
     cpu_s_per_byte: float = 0.0,
+    profile: dict[str, Any] | None = None,
 ) -> float:
     """Modelled step time of ``strategy`` (module docstring); ``allreduce(bytes)`` is ``T_ar`` on this cluster.
 
@@ -181,7 +234,11 @@ def step_time(
     if strategy == "compute_only":
         return t_c
     if strategy in ("ssgd", "ddp"):
-        exposed = ddp_exposed_s(t_c, allreduce, buckets if buckets is not None else even_buckets(nbytes))
+        if profile:
+            bk, ready = profile_buckets(profile)
+            exposed = ddp_exposed_s(t_c, allreduce, bk, profile["backward_share"], ready)
+        else:
+            exposed = ddp_exposed_s(t_c, allreduce, buckets if buckets is not None else even_buckets(nbytes))
         return t_c + cpu_s_per_byte * nbytes + exposed
     if strategy == "odsgd":
         return t_c + cpu_s_per_byte * nbytes + max(0.0, t_ar - t_c)
@@ -343,6 +400,7 @@ def validation_cells(data: dict[str, Any], kappa: float | None = None) -> tuple[
             param_bytes = resnet18_param_bytes(data)
         base.append((e, t_c, fits[e["bandwidth"]], nbytes))
     buckets = ddp_buckets(param_bytes) if param_bytes else None
+    profile = data.get("scaling", {}).get("profiles", {}).get("resnet18")
 
     def predict(e: dict[str, Any], t_c: float, f: dict[str, float], nbytes: float, k: float) -> float:
         kwargs = meta.get("strategy_kwargs", {}).get(e["strategy"], {})
@@ -354,6 +412,7 @@ def validation_cells(data: dict[str, Any], kappa: float | None = None) -> tuple[
             sync_every=int(kwargs.get("sync_every", kwargs.get("model_averaging_period", sync_every))),
             buckets=buckets,
             cpu_s_per_byte=k,
+            profile=profile,
         )
 
     if kappa is None:
@@ -391,6 +450,16 @@ def cell_stats(cell: dict[str, Any]) -> dict[str, float]:
     return {"median_s": statistics.median(reps), "min_s": min(reps), "max_s": max(reps), "n": len(reps)}
 
 
+def contention(world: int, cores: int | None) -> float:
+    """How kappa (fitted on 2 ranks, one core each) scales to ``world`` ranks on ``cores`` cores.
+
+    A rank's ring all-reduce handles ``2(N-1)/N`` times the model's bytes (1x for N = 2), and with
+    more ranks than cores each core runs ``N / cores`` ranks' communication threads beside their compute.
+    """
+    per_core = max(1.0, world / cores) / max(1.0, 2 / cores) if cores else 1.0
+    return 2 * (world - 1) / world * per_core
+
+
 def cluster_cells(data: dict[str, Any], kappa: float) -> list[dict[str, Any]]:
     """Predicted vs measured (median of the repeats) step of the N-rank run, with its own link fit and compute bound."""
     c = data.get("scaling", {}).get("cluster")
@@ -402,6 +471,8 @@ def cluster_cells(data: dict[str, Any], kappa: float) -> list[dict[str, Any]]:
         return []
     t_c = cell_stats(co[0])["median_s"]
     buckets = ddp_buckets(c["param_bytes"]) if c.get("param_bytes") else None
+    k_n = kappa * contention(world, c.get("cores"))
+    profile = data.get("scaling", {}).get("profiles", {}).get("mlp")
     out = []
     for e in c["cells"]:
         if e.get("status") != "ok" or e["strategy"] not in MODELLED:
@@ -413,7 +484,8 @@ def cluster_cells(data: dict[str, Any], kappa: float) -> list[dict[str, Any]]:
             nbytes,
             sync_every=c["sync_every"],
             buckets=buckets,
-            cpu_s_per_byte=kappa,
+            cpu_s_per_byte=k_n,
+            profile=profile,
         )
         st = cell_stats(e)
         out.append(
@@ -535,6 +607,15 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--scaling-repeats", type=int, default=3, help="interleaved rounds of the cluster strategies")
 
 
+def estimate_s(args: argparse.Namespace) -> float:
+    """The phase's run time on a quiet machine (s): ~10 s per 2-rank sweep; the cluster's start-up and
+    sweep ~35 s, then each run ~1.5 s of Trainer set-up and ~0.2 s per MLP step (4 ranks on 2 cores)."""
+    links = len((args.scaling_bandwidths or getattr(args, "bandwidths", None) or DEFAULT_BANDWIDTHS).split(","))
+    runs = args.scaling_repeats * len([s for s in args.scaling_cluster_strategies.split(",") if s.strip()])
+    cluster = 35.0 + runs * (1.5 + 0.2 * (2 + args.scaling_steps)) if args.scaling_world >= 2 else 0.0
+    return 10.0 * links + cluster
+
+
 def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -589,6 +670,9 @@ def measure(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, 
             link = {"bandwidth": netns.format_rate(rate), "bps": rate, "error": str(e)}
             log(f"  sweep {link['bandwidth']}: FAILED {str(e).splitlines()[0]}")
         res["links"].append(link)
+    t0 = time.monotonic()
+    res["profiles"] = measure_profiles(args.scaling_batch_size)
+    log(f"  gradient-ready profiles of ResNet-18 and the MLP ({time.monotonic() - t0:.0f} s)")
     if not (
         out.get("calibration") or (res.get("base") or {}).get("calibration")
     ):  # no throughput phase: two compute-only runs of the ResNet-18 worker
@@ -607,13 +691,15 @@ def measure(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, 
 
 
 def _cluster(args: argparse.Namespace, workdir: Path, runner_cls: Any, run_failed: Any) -> dict[str, Any]:
+    import os
+
     from benchmarks import netns
     from benchmarks.baselines import SYNC_EVERY
 
     rate = netns.parse_rate(args.scaling_cluster_bandwidth)
     world = args.scaling_world
-    c: dict[str, Any] = {"world": world, "bandwidth": netns.format_rate(rate), "bps": rate, "cells": [],
-                         "batch_size": args.scaling_batch_size, "sync_every": SYNC_EVERY,
+    c: dict[str, Any] = {"world": world, "cores": os.cpu_count(), "bandwidth": netns.format_rate(rate), "bps": rate,
+                         "cells": [], "batch_size": args.scaling_batch_size, "sync_every": SYNC_EVERY,
                          "model": f"MLP {MLP_IN}-{'-'.join([str(MLP_WIDTH)] * MLP_DEPTH)}-10"}  # fmt: skip
     with netns.emulated_cluster(world) as cluster:
         cluster.shape(rate)
@@ -664,6 +750,39 @@ def _task_sweep(args: argparse.Namespace) -> dict[str, Any]:
     return {"points": points}
 
 
+def mlp() -> Any:
+    """The cluster's model: ``MLP_IN``-``MLP_WIDTH`` x ``MLP_DEPTH``-10, ReLU between (9.5 MB of fp32)."""
+    import itertools
+
+    from torch import nn
+
+    dims = [MLP_IN, *[MLP_WIDTH] * MLP_DEPTH]
+    layers: list[nn.Module] = []
+    for a, b in itertools.pairwise(dims):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers, nn.Linear(MLP_WIDTH, 10))
+
+
+def measure_profiles(batch: int) -> dict[str, Any]:
+    """:func:`ready_profile` of ResNet-18 (batch 32, as the throughput cells) and the MLP, one thread, here."""
+    import torch
+    import torchvision
+
+    from benchmarks.worker import NUM_CLASSES
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        torch.manual_seed(0)
+        resnet = torchvision.models.resnet18(num_classes=NUM_CLASSES)
+        x, y = torch.randn(32, 3, 32, 32), torch.randint(0, NUM_CLASSES, (32,))
+        out = {"resnet18": ready_profile(resnet, x, y)}
+        out["mlp"] = ready_profile(mlp(), torch.randn(batch, MLP_IN), torch.randint(0, 10, (batch,)))
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
 def _task_mlp(args: argparse.Namespace) -> dict[str, Any]:
     """A small MLP (random data, 10 classes) trained by each of ``--strategy`` (comma-separated), ``--rounds`` times.
 
@@ -671,7 +790,6 @@ def _task_mlp(args: argparse.Namespace) -> dict[str, Any]:
     initialised once here (Lightning reuses it), so the repeats cost no process start-up. Timed like
     the ResNet-18 throughput task: the mean step after ``--warmup`` steps.
     """
-    import itertools
 
     import lightning.pytorch as pl
     import torch
@@ -691,11 +809,7 @@ def _task_mlp(args: argparse.Namespace) -> dict[str, Any]:
     class MLP(pl.LightningModule):
         def __init__(self) -> None:
             super().__init__()
-            dims = [MLP_IN, *[MLP_WIDTH] * MLP_DEPTH]
-            layers: list[nn.Module] = []
-            for a, b in itertools.pairwise(dims):
-                layers += [nn.Linear(a, b), nn.ReLU()]
-            self.net = nn.Sequential(*layers, nn.Linear(MLP_WIDTH, 10))
+            self.net = mlp()
 
         def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
             return nn.functional.cross_entropy(self.net(batch[0]), batch[1])
@@ -805,6 +919,22 @@ def _abs_pct(x: float | None) -> str:
     return "-" if x is None else f"{x * 100:.0f} %"
 
 
+def _profiles_text(data: dict[str, Any]) -> str:
+    prof = data.get("scaling", {}).get("profiles") or {}
+    if not prof:
+        return "(No gradient-ready profile in this run: backward = 2/3 of `t_c`, gradient bytes at an even rate.)"
+    parts = []
+    for name, label in (("resnet18", "ResNet-18"), ("mlp", "the MLP")):
+        if name in prof:
+            _, ready = profile_buckets(prof[name])
+            shares = ", ".join(f"{r:.2f}" for r in ready)
+            parts.append(f"{label}: backward {prof[name]['backward_share']:.2f} of the step, buckets ready at {shares}")
+    return (
+        "Measured here instead of assumed (gradient hooks, one process, one thread): when backward makes each "
+        "gradient and backward's share of the step (" + "; ".join(parts) + " of backward)."
+    )
+
+
 def _mb(buckets: list[float] | None) -> str:
     if not buckets:
         return "(buckets unknown: DDP's defaults assumed)"
@@ -823,6 +953,8 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
     sync_every = int(data.get("meta", {}).get("sync_every", 4))
     return {
         "source": throughput_source(data)["source"],
+        "world_n": (c := data.get("scaling", {}).get("cluster") or {}).get("world", 4),
+        "contention_n": contention(c.get("world", 4), c.get("cores")),
         "buckets_2": ddp_buckets(rb) if two and (rb := resnet18_param_bytes(data)) else None,
         "buckets_n": ddp_buckets(pb) if (pb := data.get("scaling", {}).get("cluster", {}).get("param_bytes")) else None,
         "kappa": kappa,
@@ -904,12 +1036,15 @@ def section(data: dict[str, Any], img_dir: Path) -> str:
         "`E_ddp` follows how DDP buckets the gradient, with nothing fitted: buckets of 1 MB (the first) then 25 MB "
         "(`bucket_cap_mb`), filled with gradients in the order backward makes them; backward is the last 2/3 of "
         "`t_c` and makes gradient bytes at an even rate; the buckets are all-reduced one after the other, each "
-        "from when it is ready; `E_ddp` = how far the last one ends after `t_c`. The last-launched bucket never "
+        "from when it is ready; `E_ddp` = how far the last one ends after `t_c`. "
+        f"{_profiles_text(data)} The last-launched bucket never "
         f"overlaps backward, the others overlap what is left of it: ResNet-18 makes {_mb(a['buckets_2'])}, the "
         f"4-rank MLP {_mb(a['buckets_n'])}. "
         f"`kappa` = **{a['kappa'] * 1e9:.2f} ms/MB** (host CPU time per byte all-reduced that compute loses: gloo's "
         "threads share the ranks' 2 cores) is the one fitted term, fitted (median relative error) on the 2-rank "
-        "`ssgd`/`ddp` cells only; every other cell, and the 4-rank run, is a prediction. The model has no term "
+        "`ssgd`/`ddp` cells only; every other cell, and the 4-rank run, is a prediction. On N ranks kappa is "
+        "scaled, not refitted: x 2(N-1)/N (the bytes a rank's ring all-reduce handles) x ranks per core "
+        f"(x {a['contention_n']:.1f} on the {a['world_n']}-rank cluster). The model has no term "
         "for an algorithm's own work (copies, second update): that shows up as its error. `sasgd`/`asgd` are "
         "not modelled: they are not lock-step, and their traffic goes through one parameter server in rank 0 "
         "(N pushes and pulls on one link), which a ring model does not describe.",

@@ -68,6 +68,22 @@ def test_ddp_exposed_time_of_the_buckets() -> None:
     assert pj.ddp_exposed_s(3.0, ar, []) == 0.0
 
 
+def test_measured_ready_profile_and_its_buckets() -> None:
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Linear(8, 300_000), torch.nn.ReLU(), torch.nn.Linear(300_000, 2))
+    prof = pj.ready_profile(model, torch.randn(4, 8), torch.tensor([0, 1, 0, 1]))
+    assert sorted(prof["param_bytes"]) == sorted(q.numel() * 4 for q in model.parameters())
+    assert prof["param_bytes"][0] == 8 and 0 < prof["backward_share"] < 1  # the last layer's bias is made first
+    assert prof["ready"] == sorted(prof["ready"]) and prof["ready"][0] >= 0 and prof["ready"][-1] <= 1
+    # the buckets of a profile: ready when their last gradient is
+    fake = {"param_bytes": [0.5e6, 0.6e6, 3e7, 1e6], "ready": [0.1, 0.2, 0.5, 0.9], "backward_share": 0.5}
+    assert pj.profile_buckets(fake) == ([1.1e6, 3e7, 1e6], [0.2, 0.5, 0.9])
+    ar = _const(0.5 / 2e4)  # T_ar(2 MB) = 0.5 s; backward = [0.5, 1] of a 1 s step
+    prof = {"param_bytes": [2e6, 2e6], "ready": [0.2, 1.0], "backward_share": 0.5}
+    assert pj.step_time("ssgd", 1.0, ar, 4e6, profile=prof) == pytest.approx(1.6)  # 0.6 to 1.1, then 1.1 to 1.6
+
+
 def test_step_time_cpu_term_and_errors() -> None:
     free = _const(0.0)
     assert pj.step_time("ssgd", 1.0, free, 100.0, cpu_s_per_byte=0.01) == pytest.approx(2.0)
@@ -182,6 +198,13 @@ def test_cluster_cells_use_their_own_fit() -> None:
     assert [c["world"] for c in cells] == [4, 4, 4, 4]
     assert max(abs(c["error"]) for c in cells) < 1e-9  # ssgd: the median of its repeats
     assert (cells[-1]["min_s"], cells[-1]["max_s"], cells[-1]["repeats"]) == (0.1, 9.0, 3)
+
+
+def test_contention_scales_kappa_from_two_ranks() -> None:
+    assert pj.contention(2, 2) == pytest.approx(1.0)  # where kappa is fitted
+    assert pj.contention(4, 2) == pytest.approx(1.5 * 2)  # ring bytes x ranks per core
+    assert pj.contention(4, 8) == pytest.approx(1.5)
+    assert pj.contention(4, None) == pytest.approx(1.5)
 
 
 def test_cluster_cells_from_interleaved_runs() -> None:
