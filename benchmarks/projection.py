@@ -1135,7 +1135,11 @@ def section(data: dict[str, Any], img_dir: Path) -> str:
         f"- beta = nominal rate x {a['payload_efficiency']:.2f} (the payload efficiency fitted on the shaped links "
         "above); one ring over all N ranks, each with its own link of that rate (the inter-node link is the "
         "bottleneck: intra-node NVLink and hierarchical all-reduce are not modelled); "
-        "DDP's default buckets for ssgd; `kappa` = 0 (NCCL moves the bytes without the host CPU); "
+        "for ssgd, DDP's default buckets (1 MB, then 25 MB each; backward = 2/3 of `t_c`, gradient bytes at an "
+        "even rate), each a ring all-reduce paying its own `2(N-1)` latency hops: the 1B model's 154 buckets at "
+        "N = 1024 pay about 1.6 s of latency at 100 Gbit/s, more than its whole-model `T_ar` in the table "
+        "(NCCL's tree all-reduce, not modelled, would cut that); `kappa` = 0 (NCCL moves the bytes without the "
+        "host CPU); "
         f"`H` = {a['sync_every']} as in the measured runs. Speed-up = ssgd "
         "step / strategy step at the same batch: time per sample, not time to a target loss (the periodic "
         "methods may need more steps).",
