@@ -19,6 +19,9 @@ communication; nothing can make it free without removing the algorithm), and ``s
 hook runs DDP's own C++ all-reduce, which with communication free *is* the compute-only bound;
 ``ssgd`` here is its custom-hook path (:class:`~lightning_delayed.comm.hooks.DDPGradientHook`).
 
+Every strategy runs with ``broadcast_buffers=False``, as the bound does: ``ssgd`` and ``odsgd``
+would otherwise broadcast the BatchNorm buffers in every forward.
+
 Each cell also records the CPU seconds per step of the main thread, gloo's threads and the rest
 (:mod:`benchmarks.cputime`); the main thread's excess over ``compute_only`` is the algorithm's.
 
@@ -164,7 +167,8 @@ def build(name: str) -> Any:
     if name == BOUND:
         return ComputeOnlyStrategy()
     cls = our_strategies()[name]
-    kwargs: dict[str, Any] = {"comm_hook": FreeHook()}
+    # No buffer broadcast either (ssgd and odsgd keep DDP's default): nothing at all is communicated.
+    kwargs: dict[str, Any] = {"comm_hook": FreeHook(), "broadcast_buffers": False}
     if "sync_every" in inspect.signature(cls.__init__).parameters:
         kwargs["sync_every"] = SYNC_EVERY
     return cls(**kwargs)
@@ -285,6 +289,13 @@ def add_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--own-cost-warmup", type=int, default=4, help="untimed steps before each fit's timed steps")
     g.add_argument("--own-cost-repeats", type=int, default=3, help="interleaved rounds")
     g.add_argument("--own-cost-batch-size", type=int, default=32, help="batch size per rank")
+    g.add_argument(
+        "--own-cost-split",
+        choices=("missed", "none", "all"),
+        default="missed",
+        help="also run the real unshaped link (throughput task, --cpu-split) for ssgd and these strategies: "
+        "those that missed the target (default), none, or all",
+    )
 
 
 def measure(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, out: dict[str, Any]) -> None:
@@ -335,6 +346,32 @@ def measure(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, 
         "cpu_s_per_step": cpu,
         "seconds": time.monotonic() - start,
     }
+    cells = out[PHASE]["cells"]
+    if args.own_cost_split == "none":
+        return
+    split_names = [
+        n for n in strategies if args.own_cost_split == "all" or not cells.get(n, {}).get("target_met", True)
+    ]
+    if not split_names:
+        return
+    out[PHASE]["unshaped_split"] = unshaped_split(args, runner, ["ssgd", *[n for n in split_names if n != "ssgd"]])
+    out[PHASE]["seconds"] = time.monotonic() - start
+
+
+def unshaped_split(args: argparse.Namespace, runner: Runner, names: Sequence[str]) -> dict[str, Any]:
+    """Real communication on the unshaped link: step time and per-thread CPU per step, mean over the ranks."""
+    result: dict[str, Any] = {}
+    for name in names:
+        extra = ["--strategy", name, "--steps", str(args.own_cost_steps), "--warmup", str(args.own_cost_warmup)]
+        extra += ["--batch-size", str(args.own_cost_batch_size), "--cpu-split"]
+        per_rank = runner.run("throughput", extra, world=2)
+        result[name] = {
+            "step_s": statistics.fmean(r["step_s"] for r in per_rank),
+            "cpu_s_per_step": {
+                k: statistics.fmean(r["cpu_split_s_per_step"][k] for r in per_rank) for k in ("main", "gloo", "other")
+            },
+        }
+    return result
 
 
 def _pct(x: float) -> str:
@@ -401,6 +438,21 @@ def section(data: dict[str, Any], img_dir: Path) -> str:
         lines.append(
             f"| `{name}` | {1000 * c['main']:.0f} | {algo} | {1000 * c['gloo']:.0f} | {1000 * c['other']:.0f} |"
         )
+    split = d.get("unshaped_split")
+    if split:
+        ssgd = split.get("ssgd", {}).get("step_s")
+        lines += [
+            "",
+            "Where the target is missed: the same strategies with real communication on the unshaped link "
+            "(the default all-reduce; one fit each), CPU seconds per step by thread. `ssgd` is DDP's own.",
+            "",
+            "| strategy | step (ms) | vs `ssgd` | main (ms) | gloo threads (ms) | other threads (ms) |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, c in split.items():
+            ratio = f"{ssgd / c['step_s']:.2f}x" if ssgd else ""
+            cpu_ms = [f"{1000 * c['cpu_s_per_step'][k]:.0f}" for k in ("main", "gloo", "other")]
+            lines.append(f"| `{name}` | {1000 * c['step_s']:.0f} | {ratio} | {' | '.join(cpu_ms)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -159,6 +159,10 @@ def test_section_renders_the_tables(tmp_path: Path) -> None:
             "cells": summarise(ROUNDS, names),
             "cpu_cells": summarise(ROUNDS, names),
             "cpu_s_per_step": cpu,
+            "unshaped_split": {
+                "ssgd": {"step_s": 0.30, "cpu_s_per_step": {"main": 0.2, "gloo": 0.05, "other": 0.01}},
+                "dasgd": {"step_s": 0.40, "cpu_s_per_step": {"main": 0.25, "gloo": 0.04, "other": 0.0}},
+            },
         }
     }
     text = section(data, tmp_path)
@@ -166,4 +170,5 @@ def test_section_renders_the_tables(tmp_path: Path) -> None:
     assert "| `odsgd` | 220 | 240 | +4.0 % [+2.0 % .. +9.1 %] | yes |" in text
     assert "| `dasgd` |" in text and "| no |" in text
     assert "not measured: no comm_hook" in text
+    assert "| `dasgd` | 400 | 0.75x | 250 | 40 | 0 |" in text
     assert section({}, tmp_path) == ""
