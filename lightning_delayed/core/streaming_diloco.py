@@ -143,10 +143,10 @@ def layer_fragments(module: nn.Module, params: Sequence[Tensor], num_fragments: 
 
 
 def mix_(x: Sequence[Tensor], theta: Sequence[Tensor], alpha: float) -> None:
-    """``x <- alpha * x + (1 - alpha) * theta`` in place."""
+    """``x <- alpha * x + (1 - alpha) * theta`` in place (``alpha * x`` computed in ``x``: same roundings)."""
     with torch.no_grad():
         for xi, ti in zip(x, theta, strict=True):
-            xi.copy_(alpha * xi + (1 - alpha) * ti)
+            xi.mul_(alpha).add_((1 - alpha) * ti)
 
 
 @dataclass
