@@ -46,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from benchmarks.launch import Runner
 from lightning_delayed.comm.buckets import Completed
 from lightning_delayed.comm.communicator import CommHook
 
@@ -55,13 +56,13 @@ if TYPE_CHECKING:
     from torch import Tensor
 
     from benchmarks import netns
-    from benchmarks.launch import Runner
     from lightning_delayed.comm.buckets import Pending
 
 PHASE = "own_cost"
 TARGET = 0.05
 """Own cost target: at most 5 % of the compute-only step."""
 BOUND = "compute_only"
+PAIR_TIMEOUT_S = 1800.0
 NUM_CLASSES = 10
 
 
@@ -315,7 +316,9 @@ def measure(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, 
         str(args.own_cost_batch_size),
     ]
     start = time.monotonic()
-    per_rank = runner.run(PHASE, extra, world=2, module="benchmarks.own_cost")
+    # One process pair runs every cell (about 5 minutes on a quiet machine): more than one run's usual timeout.
+    whole = Runner(runner.link, runner.workdir, max(runner.timeout, PAIR_TIMEOUT_S))
+    per_rank = whole.run(PHASE, extra, world=2, module="benchmarks.own_cost")
     names = [BOUND, *strategies]
     rounds = mean_over_ranks(per_rank)
     cpu_rounds = mean_over_ranks(per_rank, cpu=True)
@@ -477,7 +480,6 @@ def main(argv: list[str] | None = None) -> int:
     import tempfile
 
     from benchmarks import netns
-    from benchmarks.launch import Runner
 
     out: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="ldbench-") as tmp:
