@@ -45,7 +45,6 @@ from lightning_delayed.core.diloco import (
     check_outer_lr,
     check_outer_momentum,
     outer_sgd,
-    pseudo_gradient,
 )
 
 if TYPE_CHECKING:
@@ -202,7 +201,7 @@ class StreamingDiLoCo(DiLoCoBase):
 
     def _launch(self, q: int) -> None:
         idx = self.fragments[q]
-        delta = pseudo_gradient([self.global_params[i] for i in idx], [self.params[i] for i in idx])
+        delta = self.pseudo_gradients(idx)
         average = self.comm.launch(delta, keys=[self.keys[i] for i in idx], what="pseudo-gradients")
         self.pending.append(PendingFragment(q, self.step, average))
 
