@@ -471,7 +471,12 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--repeats", type=int, default=3)
     w.add_argument("--batch-size", type=int, default=32)
     add_args(p)
-    p.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="where the JSON goes")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("benchmarks/results/own_cost"),
+        help="where the JSON goes (not benchmarks/results itself: the report reads the latest JSON there)",
+    )
     p.add_argument("--timeout", type=float, default=1800, help="seconds for the whole process pair")
     args = p.parse_args(argv)
     if args.worker:
