@@ -54,6 +54,12 @@ def add_worker_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--nbytes", type=int, default=0, help="worker allreduce: buffer bytes (0: ResNet-18 gradient)")
     g.add_argument("--reps", type=int, default=3, help="worker allreduce: timed repetitions")
     g.add_argument("--result", help="worker: result prefix; rank r writes <result>.rank<r>.json")
+    g.add_argument(
+        "--cpu-split",
+        action="store_true",
+        help="worker throughput: CPU seconds per step of the main thread, gloo's threads and the rest "
+        "(/proc/<pid>/task, read at the window's ends only)",
+    )
 
 
 def env_int(name: str, default: int | None = None) -> int:
@@ -212,6 +218,7 @@ def task_throughput(args: argparse.Namespace) -> dict[str, Any]:
     import torchvision
     from torch.utils.data import DataLoader, Dataset
 
+    from benchmarks import cputime
     from benchmarks.baselines import build_strategy
     from lightning_delayed import CommMonitor
 
@@ -247,12 +254,15 @@ def task_throughput(args: argparse.Namespace) -> dict[str, Any]:
         def __init__(self) -> None:
             self.ends: list[float] = []
             self.tx: dict[int, int | None] = {}
+            self.cpu: dict[int, cputime.Snapshot] = {}
 
         def on_train_batch_end(self, trainer: pl.Trainer, *a: Any) -> None:
             self.ends.append(time.perf_counter())
             step = trainer.global_step
             if step in (args.warmup, total):
                 self.tx[step] = tx_bytes()
+                if getattr(args, "cpu_split", False):  # after the clock read: outside the window
+                    self.cpu[step] = cputime.snapshot()
 
     clock, monitor = Clock(), CommMonitor(log=False, skip_steps=args.warmup)
     trainer = pl.Trainer(
@@ -288,6 +298,16 @@ def task_throughput(args: argparse.Namespace) -> dict[str, Any]:
         "staleness_mean": t.staleness_sum / t.staleness_count if t.staleness_count else None,
         "wire_bytes_per_step": None if tx0 is None or tx1 is None else (tx1 - tx0) / args.steps,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6,
+        "cpu_split_s_per_step": (
+            {
+                k: v / args.steps
+                for k, v in cputime.split(
+                    clock.cpu[args.warmup], clock.cpu[total], os.getpid(), cputime.clock_ticks()
+                ).items()
+            }
+            if clock.cpu
+            else None
+        ),
     }
 
 

@@ -83,17 +83,23 @@ class ParameterCommunicator(Protocol):
 
 
 def merge_delayed_(x: Sequence[Tensor], average: Sequence[Tensor], snapshot: Sequence[Tensor]) -> None:
-    """DaSGD's merge ``x <- cbar + (x - s)`` in place: the stale own part is replaced by the average."""
+    """DaSGD's merge ``x <- cbar + (x - s)`` in place: the stale own part is replaced by the average.
+
+    Computed as ``(x - s) + cbar`` in ``x`` itself: the same roundings (addition commutes), no temporary.
+    """
     with torch.no_grad():
         for xi, ci, si in zip(x, average, snapshot, strict=True):
-            xi.copy_(ci + (xi - si))
+            xi.sub_(si).add_(ci)
 
 
 def pull_back_(x: Sequence[Tensor], anchor: Sequence[Tensor], alpha: float) -> None:
-    """Overlap Local-SGD's pull-back ``x <- (1 - alpha) * x + alpha * z`` in place."""
+    """Overlap Local-SGD's pull-back ``x <- (1 - alpha) * x + alpha * z`` in place.
+
+    ``(1 - alpha) * x`` is computed in ``x`` itself (same roundings, one temporary instead of three).
+    """
     with torch.no_grad():
         for xi, zi in zip(x, anchor, strict=True):
-            xi.copy_((1 - alpha) * xi + alpha * zi)
+            xi.mul_(1 - alpha).add_(alpha * zi)
 
 
 class AveragingAlgorithm(DelayedAlgorithm):

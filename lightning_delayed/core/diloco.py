@@ -106,10 +106,15 @@ def outer_sgd(params: Sequence[Tensor], outer_lr: float, outer_momentum: float, 
     )
 
 
-def pseudo_gradient(theta: Sequence[Tensor], x: Sequence[Tensor]) -> list[Tensor]:
-    """``theta - x`` per tensor (fresh tensors; the communicator copies them once more into its buckets)."""
+def pseudo_gradient(theta: Sequence[Tensor], x: Sequence[Tensor], out: Sequence[Tensor] | None = None) -> list[Tensor]:
+    """``theta - x`` per tensor: fresh tensors, or written into ``out`` (a scratch list reused across syncs,
+    safe because the communicator copies what it is given before ``launch`` returns)."""
     with torch.no_grad():
-        return [t - xi.detach() for t, xi in zip(theta, x, strict=True)]
+        if out is None:
+            return [t - xi.detach() for t, xi in zip(theta, x, strict=True)]
+        for t, xi, o in zip(theta, x, out, strict=True):
+            torch.sub(t, xi.detach(), out=o)
+        return list(out)
 
 
 def outer_step_(outer: Optimizer, theta: Sequence[Tensor], delta: Sequence[Tensor]) -> None:
@@ -149,11 +154,20 @@ class DiLoCoBase(AveragingAlgorithm):
         # theta starts as x0: every rank holds the same weights when the algorithm is built (after DDP's broadcast).
         self.global_params = [p.detach().clone() for p in self.params]
         self.fragments: list[list[int]] = [list(range(len(self.params)))]
+        self._delta: list[Tensor] | None = None  # scratch for the pseudo-gradients, allocated at the first sync
         self.outer_optimizers: list[Optimizer] = []  # one per fragment, set by the subclass
 
     @property
     def buffer_keys(self) -> list[str]:
         return self.keys[len(self.params) :]
+
+    def pseudo_gradients(self, idx: Sequence[int]) -> list[Tensor]:
+        """``theta_i - x_i`` for the parameter indices ``idx``, in buffers reused from one sync to the next."""
+        if self._delta is None:
+            self._delta = [torch.empty_like(t) for t in self.global_params]
+        return pseudo_gradient(
+            [self.global_params[i] for i in idx], [self.params[i] for i in idx], [self._delta[i] for i in idx]
+        )
 
     def outer_step_fragment_(self, q: int, delta: Sequence[Tensor]) -> None:
         """``theta_q <- outer_q.step(theta_q, grad=delta)`` for fragment ``q`` (DiLoCo: the one fragment)."""
@@ -170,7 +184,7 @@ class DiLoCoBase(AveragingAlgorithm):
         floats = self.buffers if buffers else []
         if not idx and not floats:
             return
-        send = [*pseudo_gradient([self.global_params[i] for i in idx], [self.params[i] for i in idx]), *floats]
+        send = [*self.pseudo_gradients(idx), *floats]
         keys = [*(self.keys[i] for i in idx), *self.buffer_keys[: len(floats)]] if stream else None
         average = self.comm.launch(send, keys=keys, what="pseudo-gradients").wait()
         offset = 0

@@ -45,7 +45,6 @@ from lightning_delayed.core.diloco import (
     check_outer_lr,
     check_outer_momentum,
     outer_sgd,
-    pseudo_gradient,
 )
 
 if TYPE_CHECKING:
@@ -143,10 +142,10 @@ def layer_fragments(module: nn.Module, params: Sequence[Tensor], num_fragments: 
 
 
 def mix_(x: Sequence[Tensor], theta: Sequence[Tensor], alpha: float) -> None:
-    """``x <- alpha * x + (1 - alpha) * theta`` in place."""
+    """``x <- alpha * x + (1 - alpha) * theta`` in place (``alpha * x`` computed in ``x``: same roundings)."""
     with torch.no_grad():
         for xi, ti in zip(x, theta, strict=True):
-            xi.copy_(alpha * xi + (1 - alpha) * ti)
+            xi.mul_(alpha).add_((1 - alpha) * ti)
 
 
 @dataclass
@@ -202,7 +201,7 @@ class StreamingDiLoCo(DiLoCoBase):
 
     def _launch(self, q: int) -> None:
         idx = self.fragments[q]
-        delta = pseudo_gradient([self.global_params[i] for i in idx], [self.params[i] for i in idx])
+        delta = self.pseudo_gradients(idx)
         average = self.comm.launch(delta, keys=[self.keys[i] for i in idx], what="pseudo-gradients")
         self.pending.append(PendingFragment(q, self.step, average))
 

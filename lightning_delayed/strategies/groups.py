@@ -125,10 +125,8 @@ class GroupedStrategy(DelayedStrategy):
         if self.worker_groups is None or self.lightning_module is None:
             return
         first = self.worker_groups.layout.intra_ranks(self.worker_groups.layout.worker_of(self.global_rank))[0]
-        with torch.no_grad():
-            for buffer in self.lightning_module.buffers():
-                if buffer.is_floating_point():
-                    dist.broadcast(buffer, src=first, group=self.worker_groups.intra)
+        buffers = [b for b in self.lightning_module.buffers() if b.is_floating_point()]
+        broadcast_coalesced(buffers, first, self.worker_groups.intra)
 
     @override
     def teardown(self) -> None:
@@ -164,6 +162,28 @@ class GroupedStrategy(DelayedStrategy):
                 "the same group_size."
             )
         super()._load_algorithm_state(saved)
+
+
+def broadcast_coalesced(tensors: list[Tensor], src: int, group: dist.ProcessGroup | None) -> None:
+    """Broadcast ``tensors`` from ``src`` in place: one collective per dtype and device, not one per tensor.
+
+    Every rank must pass tensors of the same shapes, dtypes and devices in the same order. A broadcast
+    copies bits, so the result is exactly that of broadcasting each tensor on its own.
+    """
+    by_kind: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
+    for t in tensors:
+        by_kind.setdefault((t.dtype, t.device), []).append(t)
+    with torch.no_grad():
+        for same in by_kind.values():
+            if len(same) == 1:
+                dist.broadcast(same[0], src=src, group=group)
+                continue
+            flat = torch.cat([t.reshape(-1) for t in same])
+            dist.broadcast(flat, src=src, group=group)
+            offset = 0
+            for t in same:
+                t.copy_(flat[offset : offset + t.numel()].view_as(t))
+                offset += t.numel()
 
 
 def _workers(world: object, size: int) -> str:

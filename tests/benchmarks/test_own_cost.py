@@ -1,0 +1,174 @@
+"""The own-cost phase's pure parts: the free hook's contract, the per-thread CPU split, the statistics."""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from benchmarks import cputime
+from benchmarks.own_cost import (
+    BOUND,
+    FreeHook,
+    cell_stats,
+    hooked_strategies,
+    mean_over_ranks,
+    own_costs,
+    section,
+    summarise,
+)
+from lightning_delayed.comm.communicator import CommHook
+from lightning_delayed.core.averaging import merge_delayed_
+from lightning_delayed.core.dasgd import DaSGD, DaSGDConfig
+
+# ------------------------------------------------------------------------------- FreeHook
+
+
+def test_free_hook_returns_the_local_values_as_private_copies() -> None:
+    hook = FreeHook()
+    assert isinstance(hook, CommHook)
+    tensors = [torch.randn(3, 4), torch.arange(5, dtype=torch.float64), torch.randn(2, dtype=torch.bfloat16)]
+    expected = [t.clone() for t in tensors]
+    pending = hook.launch(tensors, keys=["a", "b", "c"], what="gradients")
+    for t in tensors:  # the caller may change its tensors as soon as launch returns
+        t.add_(1)
+    result = pending.wait()
+    assert [(r.shape, r.dtype, r.device) for r in result] == [(e.shape, e.dtype, e.device) for e in expected]
+    assert all(torch.equal(r, e) for r, e in zip(result, expected, strict=True))
+    assert pending.wait() is result and all(a is b for a, b in zip(pending.wait(), result, strict=True))
+    result[0].zero_()  # the caller may modify the result: the inputs do not change
+    assert torch.equal(tensors[0], expected[0] + 1)
+    assert hook.launches == 1
+
+
+def test_free_hook_weighted_average_of_one_contribution_is_itself() -> None:
+    t = torch.randn(7)
+    assert torch.equal(FreeHook().launch([t], weight=3.5).wait()[0], t)
+
+
+def test_free_hook_keeps_an_algorithm_on_its_own_values() -> None:
+    """DaSGD with free communication: the merge ``cbar + (x - s)`` with ``cbar = s`` leaves x as trained."""
+    x = [torch.randn(4), torch.randn(2, 2)]
+    algo = DaSGD(DaSGDConfig(sync_every=2, delay=1), x, torch.optim.SGD(x, lr=0.1), comm=FreeHook())
+    trajectory = []
+    for step in range(6):
+        with torch.no_grad():
+            for t in x:
+                t.add_(0.25 * (step + 1))
+        trajectory.append([t.clone() for t in x])
+        algo.after_optimizer_step()
+        assert all(torch.allclose(a, b) for a, b in zip(x, trajectory[-1], strict=True))
+    assert algo.step == 6
+
+
+def test_hooked_strategies_are_every_strategy_but_the_parameter_server_ones() -> None:
+    names = hooked_strategies()
+    assert "odsgd" in names and "dasgd" in names and "ssgd" in names
+    assert "sasgd" not in names and "asgd" not in names
+
+
+def test_merge_is_bit_identical_to_the_reference_expression() -> None:
+    g = torch.Generator().manual_seed(0)
+    x, c, s = (torch.randn(1000, generator=g) * 1e3 for _ in range(3))
+    y = x.clone()
+    merge_delayed_([y], [c], [s])
+    assert torch.equal(y, c + (x - s))
+
+
+# ------------------------------------------------------------------------------- CPU split
+
+
+def test_parse_stat_reads_utime_plus_stime_past_a_name_with_spaces_and_parentheses() -> None:
+    line = "4242 (we (ird) name) S 1 2 3 4 5 6 7 8 9 10 17 25 0 0 20 0 9 0 100"
+    assert cputime.parse_stat(line) == ("we (ird) name", 17 + 25)
+
+
+def test_split_groups_threads_and_counts_new_threads_from_zero() -> None:
+    pid = 100
+    before = {100: ("python", 50), 101: ("pt_gloo_runloop", 10), 102: ("python", 5)}
+    after = {100: ("python", 80), 101: ("pt_gloo_runloop", 30), 102: ("python", 6), 103: ("gloo_tcp_loop", 4)}
+    assert cputime.split(before, after, pid, hz=100.0) == pytest.approx({"main": 0.30, "gloo": 0.24, "other": 0.01})
+
+
+def test_snapshot_of_this_process_sees_the_main_thread_and_a_named_thread() -> None:
+    stop = threading.Event()
+    t = threading.Thread(target=stop.wait, name="ld-test-thread")
+    t.start()
+    try:
+        snap = cputime.snapshot()
+    finally:
+        stop.set()
+        t.join()
+    assert os.getpid() in snap
+    assert snap[os.getpid()][1] >= 0
+    assert len(snap) >= 2
+
+
+# ------------------------------------------------------------------------------- statistics and report
+
+
+ROUNDS = [
+    {BOUND: 0.200, "odsgd": 0.208, "dasgd": 0.260},
+    {BOUND: 0.250, "odsgd": 0.255, "dasgd": 0.300},
+    {BOUND: 0.220, "odsgd": 0.240},
+]
+
+
+def test_own_costs_are_same_round_ratios() -> None:
+    assert own_costs(ROUNDS, "odsgd") == pytest.approx([0.04, 0.02, 0.24 / 0.22 - 1])
+    assert own_costs(ROUNDS, "dasgd") == pytest.approx([0.30, 0.20])
+
+
+def test_summarise_reports_median_min_max_and_the_target() -> None:
+    cells = summarise(ROUNDS, [BOUND, "odsgd", "dasgd"])
+    assert cells[BOUND]["step_s"] == pytest.approx({"median": 0.22, "min": 0.2, "max": 0.25})
+    assert "own_cost" not in cells[BOUND]
+    assert cells["odsgd"]["own_cost"]["median"] == pytest.approx(0.04)
+    assert cells["odsgd"]["target_met"] is True
+    assert cells["dasgd"]["own_cost"] == pytest.approx({"median": 0.25, "min": 0.2, "max": 0.3})
+    assert cells["dasgd"]["target_met"] is False
+    with pytest.raises(ValueError):
+        cell_stats([])
+
+
+def test_mean_over_ranks_averages_each_cell_of_each_round() -> None:
+    def rank(step: float, cpu: float) -> dict[str, object]:
+        cell = {"step_s": step, "cpu_s_per_step": {"main": cpu, "gloo": 0.01, "other": 0.0}}
+        return {"rounds": [{BOUND: cell, "odsgd": cell}]}
+
+    assert mean_over_ranks([rank(0.2, 0.1), rank(0.4, 0.3)]) == [pytest.approx({BOUND: 0.3, "odsgd": 0.3})]
+    cpu = mean_over_ranks([rank(0.2, 0.1), rank(0.4, 0.3)], cpu=True)
+    assert cpu[0]["odsgd"] == pytest.approx(0.21)
+
+
+def test_section_renders_the_tables(tmp_path: Path) -> None:
+    names = [BOUND, "odsgd", "dasgd"]
+    cpu = {n: {"main": 0.2, "gloo": 0.0, "other": 0.0} for n in names}
+    data = {
+        "own_cost": {
+            "strategies": ["odsgd", "dasgd"],
+            "not_measured": {"sasgd": "no comm_hook"},
+            "steps": 24,
+            "warmup": 4,
+            "repeats": 3,
+            "batch_size": 32,
+            "target": 0.05,
+            "cells": summarise(ROUNDS, names),
+            "cpu_cells": summarise(ROUNDS, names),
+            "cpu_s_per_step": cpu,
+            "unshaped_split": {
+                "ssgd": {"step_s": 0.30, "cpu_s_per_step": {"main": 0.2, "gloo": 0.05, "other": 0.01}},
+                "dasgd": {"step_s": 0.40, "cpu_s_per_step": {"main": 0.25, "gloo": 0.04, "other": 0.0}},
+            },
+        }
+    }
+    text = section(data, tmp_path)
+    assert text.startswith("## ")
+    assert "| `odsgd` | 220 | 240 | +4.0 % [+2.0 % .. +9.1 %] | yes |" in text
+    assert "| `dasgd` |" in text and "| no |" in text
+    assert "not measured: no comm_hook" in text
+    assert "| `dasgd` | 400 | 0.75x | 250 | 40 | 0 |" in text
+    assert section({}, tmp_path) == ""
