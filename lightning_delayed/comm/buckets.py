@@ -33,6 +33,15 @@ DEFAULT_BUCKET_CAP_MB = 25.0
 """Bucket cap in MiB, the same default as DDP."""
 
 
+_BUFFER_HINT = (
+    " If it is non-finite from the first average on, look at the model's floating-point buffers: "
+    "with average_buffers=True (the default) they are averaged with the parameters, so a buffer that "
+    "holds -inf by design (an additive attention mask) fails this check; store such a mask as a bool "
+    "tensor, or pass average_buffers=False."
+)
+"""Why the first model average can be non-finite with no rank diverging (docs/index.md, errors table)."""
+
+
 class NonFiniteReductionError(FloatingPointError):
     """An averaged tensor contains NaN or Inf."""
 
@@ -161,6 +170,7 @@ class PendingAverage:
                     "produced a non-finite value. Lower the learning rate, enable gradient clipping "
                     "(Trainer(gradient_clip_val=...)), or find the rank that diverged; pass "
                     "check_finite=False to the strategy to skip this check."
+                    + (_BUFFER_HINT if self.what == "parameters" else "")
                 )
             offset = 0
             for slot, shape in zip(bucket.slots, bucket.shapes, strict=True):

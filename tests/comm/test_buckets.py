@@ -42,6 +42,7 @@ def test_average_on_two_ranks() -> None:
         # weights 1 and 4: (1*0 + 4*1) / 5
         torch.testing.assert_close(res["weighted"], torch.tensor([0.8]))
         assert res["nan_error"] is not None and "parameters contains NaN or Inf" in res["nan_error"]
+        assert "attention mask" in res["nan_error"] and "average_buffers=False" in res["nan_error"]
 
 
 @pytest.mark.parametrize("compression", ["none", "fp16"])
