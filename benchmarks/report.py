@@ -288,6 +288,50 @@ def targets(rows: list[dict[str, Any]], acc: list[dict[str, Any]]) -> list[tuple
     return lines
 
 
+def when_not_to_use(rows: list[dict[str, Any]], own_cost: dict[str, Any] | None = None) -> list[str]:
+    """One sentence per lock-step strategy below the unshaped-link target: when not to use it, from this run.
+
+    ``rows`` are the summarised cells (noise left out); ``own_cost`` is the ``own_cost`` phase's result,
+    when the run has one: the algorithm's own work with communication made free.
+    """
+    rows = [r for r in rows if not r.get("noise") and r.get("x_ssgd") is not None]
+    ssgd_ratio = {(r["bandwidth"], r["batch_size"]): 1 / r["x_compute"] for r in rows if r["strategy"] == "ssgd"}
+    cost_cells = (own_cost or {}).get("cells", {})
+    cpu = (own_cost or {}).get("cpu_s_per_step", {})
+    sentences = []
+    for r in rows:
+        if r["bandwidth"] != "unshaped" or r["strategy"] not in lock_step_strategies():
+            continue
+        if r["x_ssgd"] >= LOCK_STEP_TARGET or (r["bandwidth"], r["batch_size"]) not in ssgd_ratio:
+            continue
+        name, where = r["strategy"], ssgd_ratio[(r["bandwidth"], r["batch_size"])]
+        text = (
+            f"`{name}` ran at {r['x_ssgd']:.2f}x `ssgd` on the unshaped link (B={r['batch_size']}, where `ssgd`'s "
+            f"step is {where:.2f}x the compute-only step): do not use it where `ssgd`'s step is within about "
+            f"{where:.1f}x of the compute-only step; use `ssgd` or DDP there."
+        )
+        cost = cost_cells.get(name, {}).get("own_cost")
+        if cost is not None:
+            text += f" Its own work costs {100 * cost['median']:+.1f} % of the compute-only step (free communication)"
+            if name in cpu and "compute_only" in cpu:
+                extra = 1000 * (cpu[name]["main"] - cpu["compute_only"]["main"])
+                text += f", {extra:+.0f} ms of main-thread CPU per step"
+            text += "; the rest of the loss is its background communication competing with compute for the cores."
+        better = sorted(
+            (ssgd_ratio[(c["bandwidth"], c["batch_size"])], c)
+            for c in rows
+            if c["strategy"] == name and c["x_ssgd"] >= 1.0 and (c["bandwidth"], c["batch_size"]) in ssgd_ratio
+        )
+        if better:
+            ratio, c = better[0]
+            text += (
+                f" It pays off from `ssgd` step / compute = {ratio:.2f} ({c['bandwidth']}, B={c['batch_size']}: "
+                f"{c['x_ssgd']:.2f}x `ssgd`)."
+            )
+        sentences.append(text)
+    return sentences
+
+
 def _f(x: Any, fmt: str, scale: float = 1.0) -> str:
     return "n/a" if x is None else format(x * scale, fmt)
 
@@ -493,6 +537,9 @@ def markdown(data: dict[str, Any], images: list[str], sections: list[str] | None
         noise = [f"`{r['strategy']}` ({r['bandwidth']}, B={r['batch_size']})" for r in rows if r.get("noise")]
         if noise:
             out += [f"Left out as noise (median x limit > {NOISE_LIMIT}): {', '.join(noise)}.", ""]
+    avoid = when_not_to_use(rows, data.get("own_cost") if isinstance(data.get("own_cost"), dict) else None)
+    if avoid:
+        out += ["## When not to use a strategy (measured in this run)", "", *[f"- {t}" for t in avoid], ""]
     failed = [e for e in data["throughput"] + data["accuracy"] if e.get("status") == "failed"]
     if failed:
         out += ["## Failed runs", ""]

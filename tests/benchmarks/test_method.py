@@ -201,3 +201,17 @@ def test_the_bound_is_measured_like_the_strategies_so_it_is_exactly_its_own_limi
     bound["ranks"][1] = {**bound["ranks"][1], "samples_per_s": 60.0, "step_s": BATCH / 60.0}  # ranks unequal
     cell = next(c for c in report.cells(report.summarize(data)) if c["strategy"] == "compute_only")
     assert cell["x_limit_range"] == pytest.approx((1.0, 1.0)) and not cell["noise"]
+
+
+def test_a_lock_step_strategy_below_target_gets_a_when_not_to_use_sentence_with_its_own_cost(tmp_path: Path) -> None:
+    rows = report.cells(report.summarize(results(tmp_path)))
+    own_cost = {
+        "cells": {"dasgd": {"own_cost": {"median": 0.12, "min": 0.1, "max": 0.2}}},
+        "cpu_s_per_step": {"compute_only": {"main": 0.150}, "dasgd": {"main": 0.170}},
+    }
+    (sentence,) = report.when_not_to_use(rows, own_cost)  # dasgd only: odsgd is 1.05x, cocodsgd is noise
+    assert sentence.startswith("`dasgd` ran at 0.84x `ssgd`") and "step is 2.00x the compute-only step" in sentence
+    assert "+12.0 % of the compute-only step" in sentence and "+20 ms of main-thread CPU" in sentence
+    assert report.when_not_to_use([r for r in rows if r["strategy"] != "dasgd"]) == []
+    page = report.markdown(results(tmp_path), [])
+    assert "## When not to use a strategy" in page and "`dasgd` ran at 0.84x" in page
