@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import tempfile
@@ -223,7 +224,9 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             self.paused += time.perf_counter() - self.paused_at
 
     runs = []
+    env = dict(os.environ)  # Lightning's environment deletes WORLD_SIZE at teardown: every fit starts from the runner's
     for seed in [int(s) for s in args.lm_seeds.split(",") if s.strip()]:
+        os.environ.update(env)
         pl.seed_everything(seed, verbose=False)
         recorder = Recorder()
         module = LM()

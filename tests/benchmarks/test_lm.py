@@ -102,3 +102,23 @@ def test_section_renders_table_plot_and_failures(tmp_path: Path) -> None:
 def test_schedule_is_one_pair_per_strategy_or_seed_major() -> None:
     assert lm.schedule(["a", "b"], [0, 1], interleave=False) == [("a", [0, 1]), ("b", [0, 1])]
     assert lm.schedule(["a", "b"], [0, 1], interleave=True) == [("a", [0]), ("b", [0]), ("a", [1]), ("b", [1])]
+
+
+def test_every_seed_of_a_worker_trains_although_lightning_drops_world_size_after_a_fit(tmp_path: Path) -> None:
+    """Seeds run one after another in one process; Lightning's environment deletes WORLD_SIZE at teardown."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.helpers.launch import REPO, child_env, free_port
+
+    env = child_env(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="1", RANK="0", LOCAL_RANK="0",
+        OMP_NUM_THREADS="1", PYTHONPATH=str(REPO),
+    )  # fmt: skip
+    cmd = [sys.executable, "-m", "benchmarks.lm", "--worker", "--strategy", "ssgd", "--result", str(tmp_path / "r")]
+    cmd += ["--lm-seeds", "0,1", "--lm-max-steps", "2", "--lm-val-every", "1"]
+    proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    runs = json.loads((tmp_path / "r.rank0.json").read_text())["runs"]
+    assert [(r["seed"], r["steps"], len(r["points"])) for r in runs] == [(0, 2, 2), (1, 2, 2)]
