@@ -196,9 +196,16 @@ def settings(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+SETTING_TOLERANCE = 0.25
+"""A shaped setting stands for a target's ssgd/compute ratio only within this relative distance of it."""
+
+
 def _closest(sets: list[dict[str, Any]], ratio: float) -> dict[str, Any] | None:
-    shaped = [s for s in sets if s["bandwidth"] != "unshaped"]
-    return min(shaped, key=lambda s: abs(s["ssgd_over_compute"] - ratio)) if shaped else None
+    """The shaped setting whose ssgd/compute ratio is closest to ``ratio``, if within the tolerance."""
+    near = [
+        s for s in sets if s["bandwidth"] != "unshaped" and abs(s["ssgd_over_compute"] / ratio - 1) <= SETTING_TOLERANCE
+    ]
+    return min(near, key=lambda s: abs(s["ssgd_over_compute"] - ratio)) if near else None
 
 
 def _get(rows: list[dict[str, Any]], bw: str, batch: int, name: str) -> dict[str, Any] | None:
@@ -254,7 +261,10 @@ def targets(rows: list[dict[str, Any]], acc: list[dict[str, Any]]) -> list[tuple
     ):
         s = _closest(sets, ratio)
         for name in names:
-            if s is None or name not in ours:
+            if name not in ours:
+                continue
+            if s is None:  # no setting of this run's grid is near that ratio: nothing to judge
+                lines.append((f"{name} >= {need}x ssgd where {what}", "no such setting in this run", "not measured"))
                 continue
             r = _get(rows, s["bandwidth"], s["batch_size"], name)  # None for a noise cell: not measured
             got = r.get("x_ssgd") if r else None
@@ -445,6 +455,12 @@ def markdown(data: dict[str, Any], images: list[str], sections: list[str] | None
         f"`python -m benchmarks.run --report-only`. Raw results: `{Path(meta['json_path']).name}` in "
         "`benchmarks/results/`. Total run time: " + _f(meta.get("total_s"), ".0f") + " s.",
         "",
+        *[
+            f"Phase `{name}` was measured again after this run, alone (`{r['command']}`, {r['date']}, "
+            f"{_f(r.get('seconds'), '.0f')} s): {r['why']}"
+            for name, r in meta.get("reruns", {}).items()
+        ],
+        *([""] if meta.get("reruns") else []),
         "## Links",
         "",
         "| bandwidth | all-reduce throughput (MB/s) | all-reduce of ResNet-18 gradient (ms) | batch sizes measured |",

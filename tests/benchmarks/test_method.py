@@ -215,3 +215,25 @@ def test_a_lock_step_strategy_below_target_gets_a_when_not_to_use_sentence_with_
     assert report.when_not_to_use([r for r in rows if r["strategy"] != "dasgd"]) == []
     page = report.markdown(results(tmp_path), [])
     assert "## When not to use a strategy" in page and "`dasgd` ran at 0.84x" in page
+
+
+def test_a_ratio_target_is_judged_only_at_a_setting_near_its_ratio() -> None:
+    sets = [
+        {"bandwidth": "unshaped", "batch_size": 32, "ssgd_over_compute": 2.9},
+        {"bandwidth": "1gbit", "batch_size": 63, "ssgd_over_compute": 1.98},
+    ]
+    assert report._closest(sets, 2.0) == sets[1]
+    assert report._closest(sets, 3.0) is None  # 1.98 is 34 % away; the unshaped link never stands for a setting
+    odsgd = {"bandwidth": "1gbit", "batch_size": 63, "strategy": "odsgd", "samples_per_s": 1.0, "x_ssgd": 1.2}
+    ssgd = {"bandwidth": "1gbit", "batch_size": 63, "strategy": "ssgd", "samples_per_s": 1.0, "x_compute": 1 / 1.98}
+    lines = {t: (m, v) for t, m, v in report.targets([ssgd, odsgd], [])}
+    assert lines["odsgd >= 1.25x ssgd where all-reduce ~ compute"][1] == "MISSED"
+    assert lines["dasgd >= 2.0x ssgd where ssgd step ~ 3x compute"] == ("no such setting in this run", "not measured")
+
+
+def test_a_phase_measured_again_alone_is_named_on_the_page(tmp_path: Path) -> None:
+    data = results(tmp_path)
+    data["meta"]["reruns"] = {"lm": {"command": "python -m benchmarks.lm", "date": "d", "seconds": 700, "why": "x."}}
+    assert "Phase `lm` was measured again after this run, alone (`python -m benchmarks.lm`, d, 700 s): x." in (
+        report.markdown(data, [])
+    )
