@@ -11,15 +11,13 @@ own reduction averages ``p.grad`` and, with ``check_finite``, the average is che
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
-from torch.nn.utils import get_total_norm
 
-from lightning_delayed.comm.buckets import NonFiniteReductionError
+from lightning_delayed.comm.buckets import NonFiniteReductionError, all_finite
 from lightning_delayed.comm.hooks import no_launch_error
 from lightning_delayed.core.base import DelayedAlgorithm, GradientCommunicator, set_grads_
 
@@ -32,16 +30,13 @@ if TYPE_CHECKING:
 def check_finite_grads(params: Sequence[Tensor]) -> None:
     """Raise :class:`NonFiniteReductionError` if any ``p.grad`` holds NaN or Inf.
 
-    One fused pass over the gradients (a multi-tensor max-abs norm per device and dtype, which is
-    NaN or Inf exactly when an element is, and cannot overflow like the 2-norm), and one host
-    sync to read the answer.
+    One read of each gradient (:func:`~lightning_delayed.comm.buckets.all_finite`: minimum and
+    maximum, which are NaN or Inf exactly when an element is) and one host sync.
     """
     grads = [p.grad for p in params if p.grad is not None]
-    if not grads:
-        return
     with torch.no_grad():
-        largest = get_total_norm(grads, norm_type=math.inf)
-    if not bool(torch.isfinite(largest)):
+        finite = all_finite(grads)
+    if not finite:
         raise NonFiniteReductionError(
             "the all-reduced average of the gradients contains NaN or Inf: at least one rank produced a "
             "non-finite gradient. Lower the learning rate, enable gradient clipping "

@@ -14,13 +14,13 @@ of ``-inf`` is a legitimate buffer) and every floating tensor of the algorithm s
 
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor
-from torch.nn.utils import get_total_norm
+
+from lightning_delayed.comm.buckets import all_finite
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -51,9 +51,9 @@ def non_finite_entries(named: Iterable[tuple[str, Tensor]]) -> list[str]:
     if not named:
         return []
     with torch.no_grad():
-        if bool(torch.isfinite(get_total_norm([t for _, t in named], norm_type=math.inf))):
+        if all_finite([t for _, t in named]):
             return []
-        return [name for name, t in named if not bool(torch.isfinite(t).all())]
+        return [name for name, t in named if not all_finite([t])]
 
 
 def checkpoint_tensors(

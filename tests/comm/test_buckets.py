@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lightning_delayed.comm.buckets import launch_average, plan_buckets
+from lightning_delayed.comm.buckets import all_finite, launch_average, plan_buckets
 from tests.helpers.launch import run_ranks
 
 
@@ -67,3 +67,15 @@ def test_an_average_on_the_hooks_group_does_not_block_the_default_group() -> Non
     for res in results:
         assert torch.equal(res["mean"], torch.full((4,), 2.0))
         assert res["flag"] == 11
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.complex64])
+def test_all_finite_finds_every_nan_and_infinity_and_never_overflows(dtype: torch.dtype) -> None:
+    big = torch.finfo(torch.float32 if dtype == torch.complex64 else dtype).max
+    tensors = [torch.full((5,), big, dtype=dtype), -torch.full((300,), big, dtype=dtype), torch.zeros(0, dtype=dtype)]
+    assert all_finite(tensors) and all_finite([]) and all_finite([torch.zeros(0)])  # sums of these would overflow
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for where in (0, 137, 299):
+            broken = [t.clone() for t in tensors]
+            broken[1][where] = bad if dtype != torch.complex64 else complex(0.0, bad)
+            assert not all_finite(broken), (dtype, bad, where)
