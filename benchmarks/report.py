@@ -305,7 +305,11 @@ def when_not_to_use(rows: list[dict[str, Any]], own_cost: dict[str, Any] | None 
     when the run has one: the algorithm's own work with communication made free.
     """
     rows = [r for r in rows if not r.get("noise") and r.get("x_ssgd") is not None]
-    ssgd_ratio = {(r["bandwidth"], r["batch_size"]): 1 / r["x_compute"] for r in rows if r["strategy"] == "ssgd"}
+    ssgd_ratio = {  # only where the compute-only bound ran in the same rounds
+        (r["bandwidth"], r["batch_size"]): 1 / r["x_compute"]
+        for r in rows
+        if r["strategy"] == "ssgd" and r.get("x_compute")
+    }
     cost_cells = (own_cost or {}).get("cells", {})
     cpu = (own_cost or {}).get("cpu_s_per_step", {})
     sentences = []

@@ -213,6 +213,9 @@ def test_a_lock_step_strategy_below_target_gets_a_when_not_to_use_sentence_with_
     assert sentence.startswith("`dasgd` ran at 0.84x `ssgd`") and "step is 2.00x the compute-only step" in sentence
     assert "+12.0 % of the compute-only step" in sentence and "+20 ms of main-thread CPU" in sentence
     assert report.when_not_to_use([r for r in rows if r["strategy"] != "dasgd"]) == []
+    without_bound = {**results(tmp_path)}
+    without_bound["throughput"] = [e for e in without_bound["throughput"] if e["strategy"] != "compute_only"]
+    assert report.when_not_to_use(report.cells(report.summarize(without_bound))) == []  # no ratio to compute-only
     page = report.markdown(results(tmp_path), [])
     assert "## When not to use a strategy" in page and "`dasgd` ran at 0.84x" in page
 
