@@ -17,9 +17,10 @@ breaks one fails CI on that entry.
 | ``DistributedDataParallel._get_ddp_logging_data``        | monitor.py            | DDP all-reduce's blocked time    |
 | ``DistributedDataParallel._set_ddp_runtime_logging_...`` | monitor.py            | DDP all-reduce's blocked time    |
 | ``DistributedDataParallel._comm_hooks``                  | monitor.py            | hooked reductions timed twice    |
-| ``LRScheduler._step_count``                              | core/sasgd.py         | a torch warning per server step  |
+| ``LRScheduler._step_count``                              | core/sasgd_server.py  | a torch warning per server step  |
 | ``TensorPipeRpcBackendOptions(_transports, _channels)``  | comm/parameter_server | ``LD_RPC_TRANSPORTS``            |
-| ``torch._foreach_copy_/_add_/_div``                      | core/base, core/sasgd | fused multi-tensor math          |
+| ``torch._foreach_copy_``                                 | core/base.py          | fused multi-tensor math          |
+| ``torch._foreach_add_/_div``                             | core/sasgd_server.py  | fused multi-tensor math          |
 | ``distributed_c10d._get_default_store()``                | comm/rpc_network.py   | sasgd RPC without ``MASTER_PORT``|
 | ``distributed_c10d._world.pg_map``                       | comm/process_groups.py| teardown of the strategy's group |
 | ``lightning...types._PATH``, ``..._StrategyRegistry``    | strategies (hints)    | nothing: under ``TYPE_CHECKING`` |

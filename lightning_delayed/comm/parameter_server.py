@@ -1,8 +1,8 @@
 """Transport of the SASGD parameter server over ``torch.distributed.rpc`` (TensorPipe).
 
-The server object (:class:`~lightning_delayed.core.sasgd.ParameterServer`) lives in the process of
-the server rank (rank 0), beside that rank's worker. Other workers reach it with ``rpc_sync``;
-the server rank's own worker calls it directly (same process, no serialization). The RPC
+The server object (:class:`~lightning_delayed.core.sasgd_server.ParameterServer`) lives in the
+process of the server rank (rank 0), beside that rank's worker. Other workers reach it with
+``rpc_sync``; the server rank's own worker calls it directly (same process, no serialization). The RPC
 functions below run on the server's RPC thread pool, one thread per request, and the server
 object serializes them with its lock.
 
@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 SERVER_RANK = 0
 
 _SERVER: Any = None
-"""The :class:`~lightning_delayed.core.sasgd.ParameterServer` of this process (server rank only)."""
+"""The :class:`~lightning_delayed.core.sasgd_server.ParameterServer` of this process (server rank only)."""
 
 
 class WorkerLostError(RuntimeError):

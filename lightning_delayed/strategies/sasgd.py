@@ -1,6 +1,7 @@
 """``sasgd`` and ``asgd``: staleness-aware asynchronous SGD on a ``torch.distributed.rpc`` parameter server.
 
-See :mod:`lightning_delayed.core.sasgd` for the rule and ``docs/algorithms/sasgd.md``.
+See :mod:`lightning_delayed.core.sasgd_server` for the rule, :mod:`lightning_delayed.core.sasgd` for the
+workers and ``docs/algorithms/sasgd.md``.
 """
 
 from __future__ import annotations
@@ -23,14 +24,8 @@ from lightning_delayed._compat import collective_timeout, replace_sigterm_broadc
 from lightning_delayed.comm import parameter_server as ps
 from lightning_delayed.comm.buckets import DEFAULT_BUCKET_CAP_MB
 from lightning_delayed.comm.compression import Compressor
-from lightning_delayed.core.sasgd import (
-    ParameterServer,
-    SASGDConfig,
-    SASGDWorker,
-    ServerScheduler,
-    server_optimizer,
-    server_scheduler,
-)
+from lightning_delayed.core.sasgd import SASGDConfig, SASGDWorker
+from lightning_delayed.core.sasgd_server import ParameterServer, ServerScheduler, server_optimizer, server_scheduler
 from lightning_delayed.strategies.base import DelayedStrategy, refuse_grad_scaler
 from lightning_delayed.strategies.checks import refuse_unknown_keywords
 from lightning_delayed.strategies.groups import refuse_group_size

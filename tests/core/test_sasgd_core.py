@@ -7,13 +7,8 @@ import torch
 
 from lightning_delayed.comm.buckets import NonFiniteReductionError
 from lightning_delayed.comm.parameter_server import WorkerLostError
-from lightning_delayed.core.sasgd import (
-    ParameterServer,
-    SASGDConfig,
-    ServerScheduler,
-    server_optimizer,
-    server_scheduler,
-)
+from lightning_delayed.core.sasgd import SASGDConfig
+from lightning_delayed.core.sasgd_server import ParameterServer, ServerScheduler, server_optimizer, server_scheduler
 
 T = torch.float64
 

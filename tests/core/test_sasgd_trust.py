@@ -9,7 +9,8 @@ import torch
 
 from lightning_delayed.comm.buckets import NonFiniteReductionError
 from lightning_delayed.comm.parameter_server import WorkerLostError
-from lightning_delayed.core.sasgd import ParameterServer, SASGDConfig, server_optimizer
+from lightning_delayed.core.sasgd import SASGDConfig
+from lightning_delayed.core.sasgd_server import ParameterServer, server_optimizer
 
 T = torch.float64
 

@@ -13,7 +13,8 @@ import torch.distributed as dist
 
 from lightning_delayed import SASGDStrategy
 from lightning_delayed.comm import parameter_server as ps
-from lightning_delayed.core.sasgd import ParameterServer, SASGDConfig
+from lightning_delayed.core.sasgd import SASGDConfig
+from lightning_delayed.core.sasgd_server import ParameterServer
 from tests.helpers.models import RegressionModule, params_of, rank, trainer
 from tests.helpers.sockets import listening_sockets
 

@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from lightning_delayed import PrivateAPIError, SSGDStrategy, _compat
 from lightning_delayed.comm import parameter_server
 from lightning_delayed.core.base import copy_all_
-from lightning_delayed.core.sasgd import server_scheduler
+from lightning_delayed.core.sasgd_server import server_scheduler
 from lightning_delayed.monitor import _ReducerTimers
 
 PACKAGE = Path(__file__).resolve().parents[2] / "lightning_delayed"
