@@ -9,10 +9,18 @@ update, the hook's copy, its Python::
     own cost = step(strategy, free comm) / step(compute_only) - 1        (target: <= 5 %)
 
 ResNet-18 (torchvision, 10 classes), random CIFAR-shaped batches of 32, SGD lr 0.01 momentum 0.9,
-one thread per rank, 2 ranks on the unshaped link. One process pair runs every cell: each round
-fits ``compute_only`` then every strategy in turn (A B C, A B C, ...), each fit with its own
-warm-up before its timed steps, so start-up is paid once and every ratio compares cells of the
-same round. A cell's figure is the median over the rounds, with min and max.
+one thread per rank, 2 ranks on the unshaped link. One process pair runs every cell: each round fits
+``compute_only`` between every two strategies (C A C B C ... C), each fit with its own warm-up
+before its timed steps, so start-up is paid once and each strategy is compared with the bound fits
+just before and after it (their mean): a slow drift of the machine over a round cancels. A fit's
+step time is the median over its windows of H = ``sync_every`` steps of the window's mean step
+(24 timed steps: 6 windows): a periodic rule pays its synchronisation once per window, and a burst
+of other load on the shared machine spoils one window, not the figure. A cell's figure is the median
+over the rounds, with min and max.
+
+The same phase times every rule's own work in isolation (:mod:`benchmarks.own_work`: the update
+rule alone, no forward or backward, in ms and whole-model passes), which says *why* a cell costs
+what it does.
 
 Not measured here: ``sasgd`` and ``asgd`` take no ``comm_hook`` (their RPC parameter server is the
 communication; nothing can make it free without removing the algorithm), and ``ssgd`` without a
@@ -47,7 +55,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from benchmarks.launch import Runner
-from lightning_delayed.comm.buckets import Completed
+from benchmarks.own_work import table as own_work_table
+from lightning_delayed.comm.buckets import Completed, pack_buckets
 from lightning_delayed.comm.communicator import CommHook
 
 if TYPE_CHECKING:
@@ -73,9 +82,11 @@ class FreeHook(CommHook):
     an all-reduce would give if every rank held the same values. It returns *copies*: the contract
     lets the caller change its tensors as soon as ``launch`` returns (DDP reuses its bucket buffers,
     the optimizer steps the weights) and modify what ``wait()`` gives back, so handing out the
-    inputs themselves would let an algorithm read its own later writes. One copy is also the least
-    any hook keeping the contract pays (:class:`~lightning_delayed.comm.communicator.AllReduceHook`
-    copies into its buckets), so the own cost measured with it counts that copy.
+    inputs themselves would let an algorithm read its own later writes. It copies exactly as
+    :class:`~lightning_delayed.comm.communicator.AllReduceHook` does, into the same flat buckets
+    (:func:`~lightning_delayed.comm.buckets.pack_buckets`), so the own cost measured with it counts
+    the copy the default hook pays, and no other. (A copy per tensor instead, ``t.clone()``, costs
+    up to twice as much on a CPU: 62 fresh allocations whose pages fault in on every launch.)
 
     Benchmark-only: with no collective the ranks drift apart, which no user wants.
     """
@@ -92,8 +103,11 @@ class FreeHook(CommHook):
         what: str = "tensors",
     ) -> Pending:
         self.launches += 1
-        with torch.no_grad():
-            return Completed([t.detach().clone() for t in tensors])
+        result: list[Tensor | None] = [None] * len(tensors)
+        for bucket in pack_buckets(tensors):  # unweighted: one contribution is its own (weighted) mean
+            for slot, view in bucket.views():
+                result[slot] = view
+        return Completed([t for t in result if t is not None])
 
 
 # ---------------------------------------------------------------------------------- statistics
@@ -106,19 +120,40 @@ def cell_stats(values: Sequence[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
-def own_costs(rounds: Sequence[dict[str, float]], name: str, bound: str = BOUND) -> list[float]:
-    """``step(name) / step(bound) - 1`` for every round that measured both (same-round ratios)."""
-    return [r[name] / r[bound] - 1 for r in rounds if name in r and bound in r and r[bound] > 0]
+def bracketed(fits: Sequence[tuple[str, float]], bound: str = BOUND) -> dict[str, tuple[float, float]]:
+    """One round's fits in run order -> ``{name: (value, bound value)}``.
+
+    A strategy's bound value is the mean of the ``bound`` fits just before and just after it (the
+    one there is at either end); ``bound`` itself maps to the mean of all its fits of the round.
+    """
+    values = [v for n, v in fits if n == bound]
+    if not values:
+        return {}
+    out: dict[str, tuple[float, float]] = {bound: (statistics.fmean(values),) * 2}
+    for j, (name, value) in enumerate(fits):
+        if name == bound:
+            continue
+        before = next((v for n, v in reversed(fits[:j]) if n == bound), None)
+        after = next((v for n, v in fits[j + 1 :] if n == bound), None)
+        out[name] = (value, statistics.fmean(v for v in (before, after) if v is not None))
+    return out
 
 
-def summarise(rounds: Sequence[dict[str, float]], names: Sequence[str], target: float = TARGET) -> dict[str, Any]:
+def own_costs(rounds: Sequence[dict[str, tuple[float, float]]], name: str) -> list[float]:
+    """``step(name) / step(bound beside it) - 1`` for every round that measured ``name`` (:func:`bracketed`)."""
+    return [r[name][0] / r[name][1] - 1 for r in rounds if name in r and r[name][1] > 0]
+
+
+def summarise(
+    rounds: Sequence[dict[str, tuple[float, float]]], names: Sequence[str], target: float = TARGET
+) -> dict[str, Any]:
     """Per strategy: step times and own cost (median and min-max over rounds), and whether the target is met.
 
-    ``rounds``: one dict per round, strategy name -> mean step seconds of that fit.
+    ``rounds``: one :func:`bracketed` dict per round.
     """
     cells: dict[str, Any] = {}
     for name in names:
-        steps = [r[name] for r in rounds if name in r]
+        steps = [r[name][0] for r in rounds if name in r]
         if not steps:
             continue
         cell: dict[str, Any] = {"step_s": cell_stats(steps)}
@@ -131,18 +166,33 @@ def summarise(rounds: Sequence[dict[str, float]], names: Sequence[str], target: 
     return cells
 
 
-def mean_over_ranks(per_rank: Sequence[dict[str, Any]], cpu: bool = False) -> list[dict[str, float]]:
-    """The rounds of every rank merged: each cell's step time (``cpu``: CPU seconds per step of all its
-    threads) is the mean over the ranks."""
+def mean_over_ranks(per_rank: Sequence[dict[str, Any]], cpu: bool = False) -> list[list[tuple[str, float]]]:
+    """The rounds of every rank merged, fit by fit in run order: each fit's step time (``cpu``: CPU
+    seconds per step of all its threads) is the mean over the ranks."""
 
-    def value(cell: dict[str, Any]) -> float:
-        return float(sum(cell["cpu_s_per_step"].values())) if cpu else float(cell["step_s"])
+    def value(fit: dict[str, Any]) -> float:
+        return float(sum(fit["cpu_s_per_step"].values())) if cpu else float(fit["step_s"])
 
-    merged: list[dict[str, float]] = []
-    for round_idx in range(len(per_rank[0]["rounds"])):
-        names = per_rank[0]["rounds"][round_idx]
-        merged.append({n: statistics.fmean(value(r["rounds"][round_idx][n]) for r in per_rank) for n in names})
+    merged: list[list[tuple[str, float]]] = []
+    for round_idx, fits in enumerate(per_rank[0]["rounds"]):
+        merged.append(
+            [
+                (fit["name"], statistics.fmean(value(r["rounds"][round_idx][j]) for r in per_rank))
+                for j, fit in enumerate(fits)
+            ]
+        )
     return merged
+
+
+def window_step_s(ends: Sequence[float], window: int) -> float:
+    """Median over consecutive windows of ``window`` steps of the window's mean step time.
+
+    ``ends``: the clock at the start of the timed steps, then at the end of each timed step.
+    """
+    steps = len(ends) - 1
+    if steps < window or steps % window:
+        raise ValueError(f"the timed steps ({steps}) must be a positive multiple of the window ({window})")
+    return statistics.median((ends[i + window] - ends[i]) / window for i in range(0, steps, window))
 
 
 # ---------------------------------------------------------------------------------- rank side
@@ -182,6 +232,7 @@ def fit_once(name: str, args: argparse.Namespace, rank: int) -> dict[str, Any]:
     from torch.utils.data import DataLoader, Dataset
 
     from benchmarks import cputime
+    from benchmarks.baselines import SYNC_EVERY
     from benchmarks.worker import LR, MOMENTUM, _trainer_topology
 
     torch.manual_seed(0)
@@ -213,14 +264,17 @@ def fit_once(name: str, args: argparse.Namespace, rank: int) -> dict[str, Any]:
             return torch.optim.SGD(self.parameters(), lr=LR, momentum=MOMENTUM)
 
     class Clock(pl.Callback):
-        """Wall time and thread CPU snapshots at the end of the warm-up and of the last step."""
+        """The wall clock at every step end from the warm-up's on; thread CPU snapshots at the first and last."""
 
         def __init__(self) -> None:
-            self.marks: dict[int, tuple[float, cputime.Snapshot]] = {}
+            self.ends: list[float] = []
+            self.cpu: dict[int, cputime.Snapshot] = {}
 
         def on_train_batch_end(self, trainer: pl.Trainer, *a: Any) -> None:
+            if trainer.global_step >= args.warmup:
+                self.ends.append(time.perf_counter())
             if trainer.global_step in (args.warmup, total):
-                self.marks[trainer.global_step] = (time.perf_counter(), cputime.snapshot(pid))
+                self.cpu[trainer.global_step] = cputime.snapshot(pid)
 
     clock = Clock()
     trainer = pl.Trainer(
@@ -238,25 +292,32 @@ def fit_once(name: str, args: argparse.Namespace, rank: int) -> dict[str, Any]:
         **_trainer_topology(),
     )
     trainer.fit(ResNet(), DataLoader(Batches(), batch_size=None, shuffle=False))
-    (t0, before), (t1, after) = clock.marks[args.warmup], clock.marks[total]
-    cpu = {k: v / args.steps for k, v in cputime.split(before, after, pid, hz).items()}
-    return {"step_s": (t1 - t0) / args.steps, "cpu_s_per_step": cpu}
+    cpu = {k: v / args.steps for k, v in cputime.split(clock.cpu[args.warmup], clock.cpu[total], pid, hz).items()}
+    return {
+        "name": name,
+        "step_s": window_step_s(clock.ends, SYNC_EVERY),
+        "mean_step_s": (clock.ends[-1] - clock.ends[0]) / args.steps,
+        "cpu_s_per_step": cpu,
+    }
 
 
 def task_own_cost(args: argparse.Namespace) -> dict[str, Any]:
     from benchmarks.worker import rank_and_world
 
     rank, _ = rank_and_world()
-    names = [BOUND, *args.strategies.split(",")]
+    # C A C B C ... C: every strategy between two compute-only fits of the same round.
+    order = [BOUND]
+    for name in args.strategies.split(","):
+        order += [name, BOUND]
     # Lightning's environment deletes WORLD_SIZE at teardown; every fit must find what the first found.
     env = dict(os.environ)
     rounds = []
     for _ in range(args.repeats):
-        cells = {}
-        for name in names:
+        fits = []
+        for name in order:
             os.environ.update(env)
-            cells[name] = fit_once(name, args, rank)
-        rounds.append(cells)
+            fits.append(fit_once(name, args, rank))
+        rounds.append(fits)
     return {"rounds": rounds, "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size}
 
 
@@ -320,11 +381,13 @@ def measure(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, 
     whole = Runner(runner.link, runner.workdir, max(runner.timeout, PAIR_TIMEOUT_S))
     per_rank = whole.run(PHASE, extra, world=2, module="benchmarks.own_cost")
     names = [BOUND, *strategies]
-    rounds = mean_over_ranks(per_rank)
-    cpu_rounds = mean_over_ranks(per_rank, cpu=True)
+    rounds = [bracketed(fits) for fits in mean_over_ranks(per_rank)]
+    cpu_rounds = [bracketed(fits) for fits in mean_over_ranks(per_rank, cpu=True)]
     cpu = {
         n: {
-            k: statistics.median(r["rounds"][i][n]["cpu_s_per_step"][k] for r in per_rank for i in range(len(rounds)))
+            k: statistics.median(
+                fit["cpu_s_per_step"][k] for r in per_rank for fits in r["rounds"] for fit in fits if fit["name"] == n
+            )
             for k in ("main", "gloo", "other")
         }
         for n in names
@@ -347,6 +410,7 @@ def measure(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, 
         "cpu_rounds": cpu_rounds,
         "cpu_cells": summarise(cpu_rounds, names),
         "cpu_s_per_step": cpu,
+        "own_work": own_work_isolated(strategies),
         "seconds": time.monotonic() - start,
     }
     cells = out[PHASE]["cells"]
@@ -359,6 +423,25 @@ def measure(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, 
         return
     out[PHASE]["unshaped_split"] = unshaped_split(args, runner, ["ssgd", *[n for n in split_names if n != "ssgd"]])
     out[PHASE]["seconds"] = time.monotonic() - start
+
+
+def own_work_isolated(strategies: Sequence[str]) -> dict[str, Any]:
+    """:mod:`benchmarks.own_work` for the rules it knows among ``strategies``, in a process of its own (one thread)."""
+    import subprocess
+    import tempfile
+
+    from benchmarks.own_work import RULES
+
+    rules = [n for n in strategies if n in RULES]
+    if not rules:
+        return {}
+    with tempfile.TemporaryDirectory(prefix="ldbench-own-work-") as tmp:
+        path = Path(tmp) / "own_work.json"
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-m", "benchmarks.own_work", "--rules", ",".join(rules), "--json", str(path)]
+        subprocess.run(cmd, check=True, env=env, timeout=PAIR_TIMEOUT_S)
+        result: dict[str, Any] = json.loads(path.read_text())
+        return result
 
 
 def unshaped_split(args: argparse.Namespace, runner: Runner, names: Sequence[str]) -> dict[str, Any]:
@@ -397,8 +480,10 @@ def section(data: dict[str, Any], img_dir: Path) -> str:
         f"Every strategy that takes a `comm_hook` ran with `FreeHook` (`benchmarks/own_cost.py`): the average "
         f"completes at once with the rank's own values, so nothing crosses the network. ResNet-18, batch "
         f"{d['batch_size']}, one thread, 2 ranks; {d['warmup']} warm-up and {d['steps']} timed steps per fit; "
-        f"{d['repeats']} rounds interleaved ({BOUND}, then every strategy, again). Own cost = step / compute-only "
-        f"step of the same round - 1: median [min-max] over the rounds. Target: <= {100 * d['target']:.0f} %.",
+        f"{d['repeats']} rounds, each fitting {BOUND} between every two strategies ({BOUND} A {BOUND} B ... "
+        f"{BOUND}). A fit's step is the median over its windows of H steps of the window's mean step. Own cost = "
+        f"step / mean of the two {BOUND} fits beside it - 1: median [min-max] over the rounds. "
+        f"Target: <= {100 * d['target']:.0f} %.",
         "",
         "| strategy | compute-only step (ms) | step, free comm (ms) | own cost median [min-max] | target met "
         "| own cost in CPU time median [min-max] |",
@@ -441,6 +526,30 @@ def section(data: dict[str, Any], img_dir: Path) -> str:
         lines.append(
             f"| `{name}` | {1000 * c['main']:.0f} | {algo} | {1000 * c['gloo']:.0f} | {1000 * c['other']:.0f} |"
         )
+    work = d.get("own_work")
+    if work:
+        lines += [
+            "",
+            "Each rule's own work in isolation (`benchmarks/own_work.py`): the core rule with `FreeHook`, "
+            "driven through its optimizer-step hooks on ResNet-18's weights, minus the bare optimizer step; "
+            "no forward, backward or second rank, so none of their noise. A whole-model pass is one "
+            f"elementwise `torch.add` over the 11.2 M weights: {1000 * work['pass_s']:.1f} ms on one thread. "
+            f"Median [min-max] of {work['rounds']} interleaved rounds of {work['periods']} periods of "
+            f"H = {work['sync_every']} steps.",
+            "",
+            *own_work_table(work, bound["median"]),
+            "",
+            "The target allows "
+            f"{d['target'] * bound['median'] / work['pass_s']:.1f} whole-model passes per step on this machine. "
+            "A gradient rule's hook copies the gradient out of DDP's bucket every step (the contract: "
+            "the average is of a private copy); `odsgd` then needs its local step "
+            "`w <- W - lr * g`, two passes with the specified roundings (a one-pass `torch.add(W, g, alpha=-lr)` "
+            "rounds once, FMA, and would not match the rule bit for bit). A periodic rule pays a snapshot, "
+            "the hook's copy and its merge once per H steps; DiLoCo adds the outer Nesterov step. "
+            "What is left is passes over memory on one core, not Python: none of it scales with the batch, "
+            "so its share shrinks as the step grows (on a GPU, a pass over these 45 MB at 2-3 TB/s of memory "
+            "bandwidth is about 40 microseconds: arithmetic, not measured here).",
+        ]
     split = d.get("unshaped_split")
     if split:
         ssgd = split.get("ssgd", {}).get("step_s")

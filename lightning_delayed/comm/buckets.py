@@ -133,6 +133,39 @@ class _Bucket:
     shapes: list[torch.Size]
     work: Any = None  # torch.distributed Work, or None when already reduced (world size 1)
     weight_sum: Tensor | None = None  # for weighted averages: the all-reduced sum of weights
+    buffer: Tensor | None = None  # what the all-reduce sums when it is more than ``flat`` (flat + weight)
+
+    def views(self) -> list[tuple[int, Tensor]]:
+        """``(slot, tensor)`` for every tensor of the bucket: views of :attr:`flat` in their own shapes."""
+        out, offset = [], 0
+        for slot, shape in zip(self.slots, self.shapes, strict=True):
+            numel = math.prod(shape)
+            out.append((slot, self.flat[offset : offset + numel].view(shape)))
+            offset += numel
+        return out
+
+
+def pack_buckets(
+    tensors: Sequence[Tensor], bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB, weight: float | None = None
+) -> Iterator[_Bucket]:
+    """Copy ``tensors`` into fresh flat buckets (:func:`plan_buckets`), yielding each as soon as it is packed.
+
+    With ``weight``, the weighted values ``t * weight`` are packed and the weight itself rides as the
+    bucket's last element (:attr:`_Bucket.weight_sum`; :attr:`_Bucket.buffer` is the whole buffer).
+    The live tensors are never part of a bucket.
+    """
+    with torch.no_grad():
+        for idx in plan_buckets(tensors, bucket_cap_mb):
+            parts = [tensors[i].detach().reshape(-1) for i in idx]
+            if weight is not None:
+                parts = [p * weight for p in parts]
+                parts.append(torch.full((1,), float(weight), dtype=parts[0].dtype, device=parts[0].device))
+            flat = torch.cat(parts)  # a fresh buffer: never the live tensor
+            bucket = _Bucket(flat=flat, slots=list(idx), shapes=[tensors[i].shape for i in idx])
+            if weight is not None:
+                # The weight sum is the last element; dividing the payload by it happens at wait().
+                bucket.flat, bucket.weight_sum, bucket.buffer = flat[:-1], flat[-1:], flat
+            yield bucket
 
 
 @dataclass
@@ -185,11 +218,8 @@ class PendingAverage:
                     "check_finite=False to the strategy to skip this check."
                     + (_BUFFER_HINT if self.what == "parameters" else "")
                 )
-            offset = 0
-            for slot, shape in zip(bucket.slots, bucket.shapes, strict=True):
-                numel = math.prod(shape)
-                result[slot] = bucket.flat[offset : offset + numel].view(shape)
-                offset += numel
+            for slot, view in bucket.views():
+                result[slot] = view
         missing = [i for i, t in enumerate(result) if t is None]
         if missing:
             raise RuntimeError(f"PendingAverage has no result for slots {missing}: a bucket was never launched")
@@ -261,18 +291,8 @@ def launch_average(
     pending = PendingAverage(
         num_slots=len(tensors), world_size=world_size_of(group), check_finite=check_finite, what=what
     )
-    with torch.no_grad():
-        for idx in plan_buckets(tensors, bucket_cap_mb):
-            parts = [tensors[i].detach().reshape(-1) for i in idx]
-            if weight is not None:
-                parts = [p * weight for p in parts]
-                parts.append(torch.full((1,), float(weight), dtype=parts[0].dtype, device=parts[0].device))
-            flat = torch.cat(parts)  # a fresh buffer: never the live tensor
-            work = launch_flat_all_reduce(flat, group)
-            bucket = _Bucket(flat=flat, slots=list(idx), shapes=[tensors[i].shape for i in idx], work=work)
-            if weight is not None:
-                # The weight sum is the last element; dividing the payload by it happens at wait().
-                payload, total = flat[:-1], flat[-1:]
-                bucket.flat, bucket.weight_sum = payload, total
-            pending.add_bucket(bucket)
+    # Each bucket's all-reduce starts as soon as it is packed, so it overlaps packing the next.
+    for bucket in pack_buckets(tensors, bucket_cap_mb, weight):
+        bucket.work = launch_flat_all_reduce(bucket.flat if bucket.buffer is None else bucket.buffer, group)
+        pending.add_bucket(bucket)
     return pending

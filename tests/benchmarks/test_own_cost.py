@@ -9,16 +9,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import cputime
+from benchmarks import cputime, own_work
 from benchmarks.own_cost import (
     BOUND,
     FreeHook,
+    bracketed,
     cell_stats,
     hooked_strategies,
     mean_over_ranks,
     own_costs,
     section,
     summarise,
+    window_step_s,
 )
 from lightning_delayed.comm.communicator import CommHook
 from lightning_delayed.core.averaging import merge_delayed_
@@ -110,11 +112,31 @@ def test_snapshot_of_this_process_sees_the_main_thread_and_a_named_thread() -> N
 # ------------------------------------------------------------------------------- statistics and report
 
 
-ROUNDS = [
-    {BOUND: 0.200, "odsgd": 0.208, "dasgd": 0.260},
-    {BOUND: 0.250, "odsgd": 0.255, "dasgd": 0.300},
-    {BOUND: 0.220, "odsgd": 0.240},
+# Run order of one round: compute-only between every two strategies.
+FITS = [
+    [(BOUND, 0.200), ("odsgd", 0.208), (BOUND, 0.200), ("dasgd", 0.260), (BOUND, 0.200)],
+    [(BOUND, 0.240), ("odsgd", 0.255), (BOUND, 0.260), ("dasgd", 0.300), (BOUND, 0.240)],
+    [(BOUND, 0.220), ("odsgd", 0.240), (BOUND, 0.220)],
 ]
+ROUNDS = [bracketed(fits) for fits in FITS]
+
+
+def test_bracketed_compares_each_strategy_with_the_bound_fits_beside_it() -> None:
+    r = bracketed(FITS[1])
+    assert r["odsgd"] == pytest.approx((0.255, 0.25))  # mean of 0.240 before and 0.260 after
+    assert r["dasgd"] == pytest.approx((0.300, 0.25))
+    assert r[BOUND] == pytest.approx((0.740 / 3, 0.740 / 3))
+    # At an end with one neighbour only, that one is the bound; without any bound fit, nothing.
+    assert bracketed([("odsgd", 0.3), (BOUND, 0.2)])["odsgd"] == pytest.approx((0.3, 0.2))
+    assert bracketed([("odsgd", 0.3)]) == {}
+
+
+def test_bracketing_cancels_a_drift_over_the_round() -> None:
+    """The machine slows by 10 ms per fit: a strategy 5 % above the bound still reads 5 %."""
+    bound = [0.200 + 0.010 * j for j in range(5)]
+    fits = [(BOUND, bound[0]), ("a", 1.05 * bound[1]), (BOUND, bound[2]), ("b", 1.05 * bound[3]), (BOUND, bound[4])]
+    costs = [own_costs([bracketed(fits)], n)[0] for n in ("a", "b")]
+    assert costs == pytest.approx([0.05, 0.05])
 
 
 def test_own_costs_are_same_round_ratios() -> None:
@@ -124,7 +146,7 @@ def test_own_costs_are_same_round_ratios() -> None:
 
 def test_summarise_reports_median_min_max_and_the_target() -> None:
     cells = summarise(ROUNDS, [BOUND, "odsgd", "dasgd"])
-    assert cells[BOUND]["step_s"] == pytest.approx({"median": 0.22, "min": 0.2, "max": 0.25})
+    assert cells[BOUND]["step_s"] == pytest.approx({"median": 0.22, "min": 0.2, "max": 0.740 / 3})
     assert "own_cost" not in cells[BOUND]
     assert cells["odsgd"]["own_cost"]["median"] == pytest.approx(0.04)
     assert cells["odsgd"]["target_met"] is True
@@ -134,14 +156,40 @@ def test_summarise_reports_median_min_max_and_the_target() -> None:
         cell_stats([])
 
 
-def test_mean_over_ranks_averages_each_cell_of_each_round() -> None:
+def test_mean_over_ranks_averages_each_fit_of_each_round_in_run_order() -> None:
     def rank(step: float, cpu: float) -> dict[str, object]:
-        cell = {"step_s": step, "cpu_s_per_step": {"main": cpu, "gloo": 0.01, "other": 0.0}}
-        return {"rounds": [{BOUND: cell, "odsgd": cell}]}
+        def fit(name: str) -> dict[str, object]:
+            return {"name": name, "step_s": step, "cpu_s_per_step": {"main": cpu, "gloo": 0.01, "other": 0.0}}
 
-    assert mean_over_ranks([rank(0.2, 0.1), rank(0.4, 0.3)]) == [pytest.approx({BOUND: 0.3, "odsgd": 0.3})]
+        return {"rounds": [[fit(BOUND), fit("odsgd"), fit(BOUND)]]}
+
+    merged = mean_over_ranks([rank(0.2, 0.1), rank(0.4, 0.3)])
+    assert [n for n, _ in merged[0]] == [BOUND, "odsgd", BOUND]
+    assert [v for _, v in merged[0]] == pytest.approx([0.3, 0.3, 0.3])
     cpu = mean_over_ranks([rank(0.2, 0.1), rank(0.4, 0.3)], cpu=True)
-    assert cpu[0]["odsgd"] == pytest.approx(0.21)
+    assert cpu[0][1][1] == pytest.approx(0.21)
+
+
+def test_window_step_is_the_median_window_so_one_burst_does_not_move_it() -> None:
+    # 8 steps of 0.1 s in windows of 4, one step of the second window hit by a 1 s burst.
+    steps = [0.1] * 8
+    steps[5] += 1.0
+    ends = [0.0]
+    for s in steps:
+        ends.append(ends[-1] + s)
+    assert window_step_s(ends, 4) == pytest.approx((0.1 + 0.35) / 2)  # median of 2 windows = their mean
+    ends3 = [0.0]
+    for s in [*steps, 0.1, 0.1, 0.1, 0.1]:
+        ends3.append(ends3[-1] + s)
+    assert window_step_s(ends3, 4) == pytest.approx(0.1)  # 3 windows: the burst is out
+    # A periodic rule's synchronisation step stays in: every window holds one.
+    periodic = [0.1, 0.1, 0.1, 0.5] * 3
+    ends_p = [0.0]
+    for s in periodic:
+        ends_p.append(ends_p[-1] + s)
+    assert window_step_s(ends_p, 4) == pytest.approx(0.2)
+    with pytest.raises(ValueError, match="multiple"):
+        window_step_s(ends_p[:-1], 4)
 
 
 def test_section_renders_the_tables(tmp_path: Path) -> None:
@@ -159,6 +207,14 @@ def test_section_renders_the_tables(tmp_path: Path) -> None:
             "cells": summarise(ROUNDS, names),
             "cpu_cells": summarise(ROUNDS, names),
             "cpu_s_per_step": cpu,
+            "own_work": {
+                "rules": ["odsgd"],
+                "cells": {"odsgd": {"own_s": {"median": 0.022, "min": 0.02, "max": 0.03}, "passes": 2.75}},
+                "pass_s": 0.008,
+                "rounds": 3,
+                "periods": 6,
+                "sync_every": 4,
+            },
             "unshaped_split": {
                 "ssgd": {"step_s": 0.30, "cpu_s_per_step": {"main": 0.2, "gloo": 0.05, "other": 0.01}},
                 "dasgd": {"step_s": 0.40, "cpu_s_per_step": {"main": 0.25, "gloo": 0.04, "other": 0.0}},
@@ -168,7 +224,58 @@ def test_section_renders_the_tables(tmp_path: Path) -> None:
     text = section(data, tmp_path)
     assert text.startswith("## ")
     assert "| `odsgd` | 220 | 240 | +4.0 % [+2.0 % .. +9.1 %] | yes |" in text
+    assert "between every two strategies" in text
+    assert "| `odsgd` | 22.0 [20.0-30.0] | 2.8 | 10.0 % |" in text
+    assert "The target allows 1.4 whole-model passes per step" in text  # 5 % of 220 ms / 8 ms
     assert "| `dasgd` |" in text and "| no |" in text
     assert "not measured: no comm_hook" in text
     assert "| `dasgd` | 400 | 0.75x | 250 | 40 | 0 |" in text
     assert section({}, tmp_path) == ""
+
+
+def test_free_hook_copies_into_the_default_hooks_flat_buckets() -> None:
+    """One flat buffer per dtype, as AllReduceHook's launch_average packs: the copy the default hook pays."""
+    tensors = [torch.randn(3, 4), torch.randn(5), torch.arange(4, dtype=torch.float64)]
+    result = FreeHook().launch(tensors).wait()
+    storages = {r.untyped_storage().data_ptr() for r in result[:2]}
+    assert len(storages) == 1  # both float32 tensors live in one bucket
+    assert result[2].untyped_storage().data_ptr() not in storages
+    assert all(torch.equal(r, t) for r, t in zip(result, tensors, strict=True))
+
+
+# ------------------------------------------------------------------------------- own work in isolation
+
+
+@pytest.mark.parametrize("name", own_work.RULES)
+def test_every_rule_of_the_isolated_harness_runs_whole_periods_on_its_own_values(name: str) -> None:
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 2))
+    params = list(module.parameters())
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    rule, launched = own_work.build_rule(name, module, optimizer)
+    assert (launched is not None) == (name in ("ssgd", "odsgd"))
+    grads = [torch.full_like(p, 0.5) for p in params]
+    plain = [p.detach().clone() for p in params]
+    for _ in range(2 * own_work.SYNC_EVERY):
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.clone()
+        if launched is not None:
+            launched.launch()
+        rule.before_optimizer_step()
+        optimizer.step()
+        rule.after_optimizer_step()
+        plain = [w - 0.1 * g for w, g in zip(plain, grads, strict=True)]
+    assert rule.step == 2 * own_work.SYNC_EVERY
+    if name in ("ssgd", "local_sgd", "dasgd", "cocodsgd"):
+        # Free communication: the average of one rank is that rank, so these rules train like plain SGD.
+        assert all(torch.allclose(p, w) for p, w in zip(params, plain, strict=True))
+    assert all(torch.isfinite(p).all() for p in params)
+
+
+def test_own_work_table_reads_milliseconds_passes_and_share() -> None:
+    d = {
+        "rules": ["odsgd"],
+        "cells": {"odsgd": {"own_s": {"median": 0.020, "min": 0.018, "max": 0.025}, "passes": 2.5}},
+    }
+    assert own_work.table(d, 0.200)[-1] == "| `odsgd` | 20.0 [18.0-25.0] | 2.5 | 10.0 % |"
+    assert own_work.table(d, None)[-1].endswith("| 2.5 |  |")

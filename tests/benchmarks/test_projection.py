@@ -171,6 +171,41 @@ def test_validation_on_cells_the_model_generated() -> None:
     assert len(again) == 14 and max(abs(c["error"]) for c in again) < 1e-6
 
 
+def test_validation_judges_each_cell_by_the_median_of_its_repeats() -> None:
+    data = _synthetic_data()
+    exact = next(c for c in data["throughput"] if c["strategy"] == "dasgd" and c["batch_size"] == 64)
+    step = exact["ranks"][0]["step_s"]
+    for factor in (1.5, 0.5):  # two more repeats of the cell, one slow and one fast, around the exact one
+        data["throughput"].append({**exact, "ranks": [{"step_s": step * factor}]})
+    cells, _ = pj.validation_cells(data)
+    assert len(cells) == 14  # still one cell per (link, batch, strategy, role)
+    dasgd = next(c for c in cells if c["strategy"] == "dasgd" and c["batch_size"] == 64)
+    assert dasgd["repeats"] == 3 and dasgd["measured_s"] == pytest.approx(step)
+    assert dasgd["min_s"] == pytest.approx(step * 0.5) and dasgd["max_s"] == pytest.approx(step * 1.5)
+    assert abs(dasgd["error"]) < 1e-6
+
+
+def test_own_work_adds_measured_passes_scaled_to_the_model() -> None:
+    data = _synthetic_data()
+    nbytes = data["links"][0]["allreduce"]["nbytes"]
+    assert pj.own_work_s(data, "odsgd", nbytes) == 0.0  # not measured: no term
+    data["own_cost"] = {"own_work": {"pass_s": 0.01, "cells": {"odsgd": {"passes": 3.0}, "ssgd": {"passes": 2.0}}}}
+    assert pj.own_work_s(data, "odsgd", nbytes) == pytest.approx(0.03)
+    assert pj.own_work_s(data, "odsgd", nbytes / 10) == pytest.approx(0.003)  # a smaller model: fewer bytes a pass
+    assert pj.own_work_s(data, "ssgd", nbytes) == 0.0  # real ssgd reduces through DDP's own C++ path
+    free = _const(0.0)
+    assert pj.step_time("odsgd", 1.0, free, 100.0, own_s=0.03) == pytest.approx(1.03)
+    assert pj.step_time("ssgd", 1.0, free, 100.0, own_s=0.03) == pytest.approx(1.0)
+    # Communication overlaps the own work like compute: cocodsgd's average hides behind H (t_c + w).
+    assert pj.step_time("cocodsgd", 1.0, _const(4.1), 100.0, sync_every=4, own_s=0.03) == pytest.approx(1.03)
+    # Validation adds it: where compute hides the all-reduce (batch 256) odsgd is predicted 3 passes slower;
+    # where the all-reduce is longer than the step (batch 64) the own work hides behind it.
+    cells, _ = pj.validation_cells(data)
+    odsgd = {c["batch_size"]: c for c in cells if c["strategy"] == "odsgd"}
+    assert odsgd[256]["predicted_s"] == pytest.approx(odsgd[256]["measured_s"] + 0.03, rel=1e-6)
+    assert odsgd[64]["predicted_s"] == pytest.approx(odsgd[64]["measured_s"], rel=1e-6)
+
+
 def test_cluster_cells_use_their_own_fit() -> None:
     fit = {"latency_s": 1e-3, "bytes_per_s": 5e7}
     nbytes, t_c = 1e7, 0.3
