@@ -152,6 +152,8 @@ def test_summarise_reports_median_min_max_and_the_target() -> None:
     assert cells["odsgd"]["target_met"] is True
     assert cells["dasgd"]["own_cost"] == pytest.approx({"median": 0.25, "min": 0.2, "max": 0.3})
     assert cells["dasgd"]["target_met"] is False
+    # The bound each strategy was compared with: its neighbours' mean, per round.
+    assert cells["dasgd"]["bound_s"] == pytest.approx({"median": 0.225, "min": 0.2, "max": 0.25})
     with pytest.raises(ValueError):
         cell_stats([])
 
