@@ -426,6 +426,34 @@ def measure(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, 
     out[PHASE]["seconds"] = time.monotonic() - start
 
 
+def own_cost_advice(d: dict[str, Any]) -> list[str]:
+    """One sentence per strategy that missed the own-cost target: below which step time its own work exceeds it.
+
+    The own work is a fixed number of passes over the weights per step (a periodic rule's, per H
+    steps), independent of the batch; it stays under the target only while one training step takes
+    at least ``own work / target``.
+    """
+    from benchmarks.own_work import PER_STEP
+
+    work = d.get("own_work") or {}
+    out = []
+    for name in d.get("strategies", []):
+        cell, measured = d.get("cells", {}).get(name, {}), work.get("cells", {}).get(name)
+        if cell.get("target_met", True) or not measured:
+            continue
+        own, passes = measured["own_s"]["median"], measured["passes"]
+        text = (
+            f"`{name}`: its own work is {passes:.1f} whole-model passes per step ({1000 * own:.0f} ms here); do not "
+            f"use it where one training step is shorter than about {own / d['target'] * 1000:.0f} ms on this hardware "
+            f"({passes / d['target']:.0f} passes over the weights): small batches, or a model whose compute is light "
+            "for its size."
+        )
+        if name not in PER_STEP:
+            text += f" It is paid once per `sync_every` = {work['sync_every']} steps: doubling `sync_every` halves it."
+        out.append(text)
+    return out
+
+
 def own_work_isolated(strategies: Sequence[str]) -> dict[str, Any]:
     """:mod:`benchmarks.own_work` for the rules it knows among ``strategies``, in a process of its own (one thread)."""
     import subprocess
@@ -552,6 +580,10 @@ def section(data: dict[str, Any], img_dir: Path) -> str:
             "so its share shrinks as the step grows (on a GPU, a pass over these 45 MB at 2-3 TB/s of memory "
             "bandwidth is about 40 microseconds: arithmetic, not measured here).",
         ]
+        avoid = own_cost_advice(d)
+        if avoid:
+            lines += ["", "When not to use a strategy that missed the target, from its own work:", ""]
+            lines += [f"- {sentence}" for sentence in avoid]
     split = d.get("unshaped_split")
     if split:
         ssgd = split.get("ssgd", {}).get("step_s")

@@ -38,6 +38,8 @@ from torch import Tensor
 NUM_CLASSES = 10
 SYNC_EVERY = 4
 """H of the periodic rules, as in the throughput and own-cost phases (:data:`benchmarks.baselines.SYNC_EVERY`)."""
+PER_STEP = ("ssgd", "odsgd")
+"""Rules whose own work is paid every step (the others pay theirs once per H steps)."""
 RULES = ("ssgd", "odsgd", "local_sgd", "dasgd", "cocodsgd", "overlap_local_sgd", "diloco", "streaming_diloco")
 
 

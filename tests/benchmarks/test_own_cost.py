@@ -17,6 +17,7 @@ from benchmarks.own_cost import (
     cell_stats,
     hooked_strategies,
     mean_over_ranks,
+    own_cost_advice,
     own_costs,
     section,
     summarise,
@@ -229,6 +230,8 @@ def test_section_renders_the_tables(tmp_path: Path) -> None:
     assert "between every two strategies" in text
     assert "| `odsgd` | 22.0 [20.0-30.0] | 2.8 | 10.0 % |" in text
     assert "The target allows 1.4 whole-model passes per step" in text  # 5 % of 220 ms / 8 ms
+    # odsgd met the target in these rounds: no advice; dasgd missed it but has no isolated figure.
+    assert "When not to use" not in text
     assert "| `dasgd` |" in text and "| no |" in text
     assert "not measured: no comm_hook" in text
     assert "| `dasgd` | 400 | 0.75x | 250 | 40 | 0 |" in text
@@ -281,3 +284,24 @@ def test_own_work_table_reads_milliseconds_passes_and_share() -> None:
     }
     assert own_work.table(d, 0.200)[-1] == "| `odsgd` | 20.0 [18.0-25.0] | 2.5 | 10.0 % |"
     assert own_work.table(d, None)[-1].endswith("| 2.5 |  |")
+
+
+def test_own_cost_advice_names_the_step_below_which_the_own_work_exceeds_the_target() -> None:
+    d = {
+        "strategies": ["odsgd", "diloco", "local_sgd"],
+        "target": 0.05,
+        "cells": {"odsgd": {"target_met": False}, "diloco": {"target_met": False}, "local_sgd": {"target_met": True}},
+        "own_work": {
+            "sync_every": 4,
+            "cells": {
+                "odsgd": {"own_s": {"median": 0.020}, "passes": 2.5},
+                "diloco": {"own_s": {"median": 0.012}, "passes": 1.5},
+                "local_sgd": {"own_s": {"median": 0.004}, "passes": 0.5},
+            },
+        },
+    }
+    odsgd, diloco = own_cost_advice(d)
+    assert odsgd.startswith("`odsgd`: its own work is 2.5 whole-model passes per step (20 ms here)")
+    assert "shorter than about 400 ms" in odsgd and "(50 passes over the weights)" in odsgd
+    assert "sync_every" not in odsgd  # paid every step
+    assert "shorter than about 240 ms" in diloco and "doubling `sync_every` halves it" in diloco
