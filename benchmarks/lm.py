@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import tempfile
@@ -169,7 +168,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     from benchmarks import charlm
     from benchmarks.baselines import build_strategy, strategy_kwargs
-    from benchmarks.worker import _trainer_topology, rank_and_world
+    from benchmarks.worker import FitEnvironment, bench_trainer, rank_and_world
 
     rank, _ = rank_and_world()
     data = charlm.corpus()
@@ -224,28 +223,21 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             self.paused += time.perf_counter() - self.paused_at
 
     runs = []
-    env = dict(os.environ)  # Lightning's environment deletes WORLD_SIZE at teardown: every fit starts from the runner's
+    env = FitEnvironment()  # every fit starts from the runner's environment
     for seed in [int(s) for s in args.lm_seeds.split(",") if s.strip()]:
-        os.environ.update(env)
+        env.restore()
         pl.seed_everything(seed, verbose=False)
         recorder = Recorder()
         module = LM()
         with torch.no_grad():  # the starting point of the curve, before the clock starts
             initial = sum(float(charlm.loss(module.net, x, y)) for x, y in val) / len(val)
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            strategy=build_strategy(args.strategy, sync_every(args.strategy)),
+        trainer = bench_trainer(
+            build_strategy(args.strategy, sync_every(args.strategy)),
             max_steps=args.lm_max_steps,
             val_check_interval=args.lm_val_every,
             check_val_every_n_epoch=None,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            use_distributed_sampler=False,
-            num_sanity_val_steps=0,
+            limit_val_batches=None,  # the validation curve is the measurement
             callbacks=[recorder],
-            **_trainer_topology(),
         )
         trainer.fit(module, DataLoader(Windows(seed), batch_size=None), DataLoader(val, batch_size=None))
         last = recorder.points[-1] if recorder.points else {"step": 0, "wall_s": 0.0}

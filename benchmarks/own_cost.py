@@ -234,7 +234,7 @@ def fit_once(name: str, args: argparse.Namespace, rank: int) -> dict[str, Any]:
 
     from benchmarks import cputime
     from benchmarks.baselines import SYNC_EVERY
-    from benchmarks.worker import LR, MOMENTUM, _trainer_topology
+    from benchmarks.worker import LR, MOMENTUM, bench_trainer
 
     torch.manual_seed(0)
     total = args.warmup + args.steps
@@ -278,20 +278,7 @@ def fit_once(name: str, args: argparse.Namespace, rank: int) -> dict[str, Any]:
                 self.cpu[trainer.global_step] = cputime.snapshot(pid)
 
     clock = Clock()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        strategy=build(name),
-        max_steps=total,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[clock],
-        **_trainer_topology(),
-    )
+    trainer = bench_trainer(build(name), max_steps=total, callbacks=[clock])
     trainer.fit(ResNet(), DataLoader(Batches(), batch_size=None, shuffle=False))
     cpu = {k: v / args.steps for k, v in cputime.split(clock.cpu[args.warmup], clock.cpu[total], pid, hz).items()}
     return {
@@ -303,20 +290,19 @@ def fit_once(name: str, args: argparse.Namespace, rank: int) -> dict[str, Any]:
 
 
 def task_own_cost(args: argparse.Namespace) -> dict[str, Any]:
-    from benchmarks.worker import rank_and_world
+    from benchmarks.worker import FitEnvironment, rank_and_world
 
     rank, _ = rank_and_world()
     # C A C B C ... C: every strategy between two compute-only fits of the same round.
     order = [BOUND]
     for name in args.strategies.split(","):
         order += [name, BOUND]
-    # Lightning's environment deletes WORLD_SIZE at teardown; every fit must find what the first found.
-    env = dict(os.environ)
+    env = FitEnvironment()  # every fit must find what the first found
     rounds = []
     for _ in range(args.repeats):
         fits = []
         for name in order:
-            os.environ.update(env)
+            env.restore()
             fits.append(fit_once(name, args, rank))
         rounds.append(fits)
     return {"rounds": rounds, "steps": args.steps, "warmup": args.warmup, "batch_size": args.batch_size}

@@ -833,7 +833,7 @@ def _task_mlp(args: argparse.Namespace) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from benchmarks.baselines import build_strategy
-    from benchmarks.worker import _trainer_topology, rank_and_world
+    from benchmarks.worker import FitEnvironment, bench_trainer, rank_and_world
 
     rank, _ = rank_and_world()
     dist.init_process_group("gloo")
@@ -859,30 +859,14 @@ def _task_mlp(args: argparse.Namespace) -> dict[str, Any]:
         def on_train_batch_end(self, *a: Any) -> None:
             self.ends.append(time.perf_counter())
 
-    import os
-
-    env = dict(os.environ)  # a Trainer's teardown drops WORLD_SIZE & co: each run starts from the runner's env
-    topology = _trainer_topology()
+    env = FitEnvironment()  # each run starts from the runner's environment
     runs = []
     for rnd in range(args.rounds):
         for name in [n for n in args.strategy.split(",") if n]:
-            os.environ.update(env)
+            env.restore()
             torch.manual_seed(0)
             clock, module = Clock(), MLP()
-            trainer = pl.Trainer(
-                accelerator="cpu",
-                strategy=build_strategy(name),
-                max_steps=total,
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                use_distributed_sampler=False,
-                num_sanity_val_steps=0,
-                limit_val_batches=0,
-                callbacks=[clock],
-                **topology,
-            )
+            trainer = bench_trainer(build_strategy(name), max_steps=total, callbacks=[clock])
             trainer.fit(module, DataLoader([(x, y)] * total, batch_size=None))
             window = clock.ends[total - 1] - clock.ends[args.warmup - 1]
             runs.append({"round": rnd, "strategy": name, "step_s": window / args.steps})

@@ -34,7 +34,10 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import lightning.pytorch as pl
 
 REPO = Path(__file__).resolve().parent.parent
 TASKS = ("allreduce", "throughput", "digits", "contention")
@@ -212,6 +215,55 @@ def _trainer_topology() -> dict[str, int]:
     return {"devices": devices, "num_nodes": world // devices}
 
 
+def bench_trainer(strategy: Any, **overrides: Any) -> pl.Trainer:
+    """A Trainer for one benchmark fit: CPU, the topology from the environment, nothing but the fit.
+
+    No logger, checkpoints, progress bar, model summary, sanity check or validation, and no
+    distributed sampler (each rank makes its own batches). ``overrides`` replace or add Trainer
+    arguments: ``max_steps``, ``callbacks``, and for a phase that validates ``limit_val_batches=None``
+    (Lightning's default) or that shards a dataset ``use_distributed_sampler=True``.
+    """
+    import lightning.pytorch as pl
+
+    kwargs: dict[str, Any] = {
+        "accelerator": "cpu",
+        "strategy": strategy,
+        "logger": False,
+        "enable_checkpointing": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+        "use_distributed_sampler": False,
+        "num_sanity_val_steps": 0,
+        "limit_val_batches": 0,
+        **_trainer_topology(),
+    }
+    kwargs.update(overrides)
+    return pl.Trainer(**kwargs)
+
+
+class FitEnvironment:
+    """The process environment as the runner set it, put back before each of several fits in one process.
+
+    Lightning's ``LightningEnvironment.teardown`` deletes ``WORLD_SIZE`` when a fit ends, so a second
+    Trainer in the same process would find no world size (:func:`rank_and_world` raises) or a wrong
+    topology. Snapshot once before the first fit, call :meth:`restore` before every fit::
+
+        env = FitEnvironment()
+        for name in names:
+            env.restore()
+            bench_trainer(build_strategy(name), max_steps=n).fit(...)
+
+    ``restore`` puts back every variable of the snapshot (deleted or changed ones) and leaves
+    variables set since alone.
+    """
+
+    def __init__(self) -> None:
+        self.snapshot = dict(os.environ)
+
+    def restore(self) -> None:
+        os.environ.update(self.snapshot)
+
+
 def task_throughput(args: argparse.Namespace) -> dict[str, Any]:
     import lightning.pytorch as pl
     import torch
@@ -265,20 +317,7 @@ def task_throughput(args: argparse.Namespace) -> dict[str, Any]:
                     self.cpu[step] = cputime.snapshot()
 
     clock, monitor = Clock(), CommMonitor(log=False, skip_steps=args.warmup)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        strategy=build_strategy(args.strategy),
-        max_steps=total,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-        callbacks=[clock, monitor],
-        **_trainer_topology(),
-    )
+    trainer = bench_trainer(build_strategy(args.strategy), max_steps=total, callbacks=[clock, monitor])
     trainer.fit(ResNet(), DataLoader(Batches(), batch_size=None, shuffle=False))
     ends = clock.ends
     window = ends[total - 1] - ends[args.warmup - 1]
@@ -343,17 +382,12 @@ def task_digits(args: argparse.Namespace) -> dict[str, Any]:
     for seed in [int(s) for s in args.seeds.split(",")]:
         pl.seed_everything(seed, workers=True, verbose=False)
         recorder = EpochRecorder()
-        trainer = pl.Trainer(
-            accelerator="cpu",
-            strategy=build_strategy(args.strategy),
+        trainer = bench_trainer(
+            build_strategy(args.strategy),
             max_epochs=args.epochs,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            num_sanity_val_steps=0,
+            use_distributed_sampler=True,  # the data module's dataset, sharded over the ranks
+            limit_val_batches=None,  # validates every epoch
             callbacks=[recorder],
-            **_trainer_topology(),
         )
         trainer.fit(DigitsCNN(), datamodule=DigitsDataModule(batch_size=args.batch_size, seed=0))
         runs.append({"seed": seed, "epochs": recorder.points})
