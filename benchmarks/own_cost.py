@@ -329,6 +329,26 @@ def run_worker(args: argparse.Namespace) -> None:
 # ---------------------------------------------------------------------------------- phase interface
 
 
+FIT_OVERHEAD_S = 4.0
+"""A fit's Trainer set-up and teardown in the worker, on top of its steps (measured: about 4 s)."""
+STEP_S = 0.2
+"""A free-communication ResNet-18 step at batch 32 on one thread (the compute-only bound, about 0.18 s)."""
+OWN_WORK_S = 60.0
+""":mod:`benchmarks.own_work` for every rule: 3 rounds of 9 timings on ResNet-18."""
+SPLIT_RUN_S = 25.0
+"""One real-link throughput run of the CPU split: process start-up, set-up and its steps."""
+
+
+def estimate_s(args: argparse.Namespace) -> float:
+    """The phase's run time on a quiet machine (s): every bracketed fit, the isolated own work, and
+    the CPU split for ``ssgd`` and (at most) every strategy."""
+    n = len(args.own_cost_strategies.split(",")) if args.own_cost_strategies else 8
+    fits = args.own_cost_repeats * (2 * n + 1)
+    fit_s = FIT_OVERHEAD_S + STEP_S * (args.own_cost_warmup + args.own_cost_steps)
+    split = {"none": 0, "missed": n + 1, "all": n + 1}[args.own_cost_split]
+    return fits * fit_s + OWN_WORK_S + split * SPLIT_RUN_S
+
+
 def add_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("own_cost phase (each strategy with communication made free)")
     g.add_argument(

@@ -305,3 +305,18 @@ def test_own_cost_advice_names_the_step_below_which_the_own_work_exceeds_the_tar
     assert "shorter than about 400 ms" in odsgd and "(50 passes over the weights)" in odsgd
     assert "sync_every" not in odsgd  # paid every step
     assert "shorter than about 240 ms" in diloco and "doubling `sync_every` halves it" in diloco
+
+
+def test_budget_estimate_counts_every_bracketed_fit() -> None:
+    import argparse
+
+    from benchmarks import own_cost
+
+    args = argparse.Namespace(
+        own_cost_strategies="odsgd,dasgd", own_cost_repeats=3, own_cost_warmup=4, own_cost_steps=24,
+        own_cost_split="none",
+    )  # fmt: skip
+    fit = own_cost.FIT_OVERHEAD_S + own_cost.STEP_S * 28
+    assert own_cost.estimate_s(args) == pytest.approx(3 * 5 * fit + own_cost.OWN_WORK_S)  # C A C B C per round
+    args.own_cost_split = "missed"
+    assert own_cost.estimate_s(args) == pytest.approx(3 * 5 * fit + own_cost.OWN_WORK_S + 3 * own_cost.SPLIT_RUN_S)
