@@ -131,6 +131,20 @@ def summarize(entry: dict[str, Any], target: float) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ rank side
 
 
+RUN_OVERHEAD_S = 8.0
+"""Per seed, on top of its training wall time: Trainer set-up, validation (clock stopped), teardown."""
+SPAWN_S = 5.0
+"""Per strategy: starting the rank pair."""
+
+
+def estimate_s(args: argparse.Namespace) -> float:
+    """The phase's run time on a quiet machine (s): each strategy's rank pair trains every seed for
+    ``--lm-max-wall`` seconds at most (measured: about 28 s per seed at the default 20 s)."""
+    strategies = len([s for s in args.lm_strategies.split(",") if s.strip()])
+    seeds = len([s for s in args.lm_seeds.split(",") if s.strip()])
+    return strategies * (SPAWN_S + seeds * (args.lm_max_wall + RUN_OVERHEAD_S))
+
+
 def add_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("phase lm (character-level transformer, time to a target validation loss)")
     g.add_argument("--lm-strategies", default=",".join(STRATEGIES), help="comma-separated strategies")

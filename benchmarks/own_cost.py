@@ -433,11 +433,12 @@ def measure(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, 
 
 
 def own_cost_advice(d: dict[str, Any]) -> list[str]:
-    """One sentence per strategy that missed the own-cost target: below which step time its own work exceeds it.
+    """One sentence per strategy that missed the own-cost target: when not to use it, from its own work.
 
-    The own work is a fixed number of passes over the weights per step (a periodic rule's, per H
-    steps), independent of the batch; it stays under the target only while one training step takes
-    at least ``own work / target``.
+    The own work is the price of hiding communication: a fixed number of passes over the weights per
+    step (a periodic rule's, per H steps), independent of the batch. A strategy cannot win where it
+    has less communication to hide than that: where ``ssgd``'s step is less than the own work longer
+    than the compute-only step.
     """
     from benchmarks.own_work import PER_STEP
 
@@ -447,15 +448,23 @@ def own_cost_advice(d: dict[str, Any]) -> list[str]:
         cell, measured = d.get("cells", {}).get(name, {}), work.get("cells", {}).get(name)
         if cell.get("target_met", True) or not measured:
             continue
-        own, passes = measured["own_s"]["median"], measured["passes"]
+        own, passes = 1000 * measured["own_s"]["median"], measured["passes"]
+        if name == "ssgd":
+            out.append(
+                f"`ssgd` with a custom `comm_hook` or `compression` (its hook path) pays {passes:.1f} whole-model "
+                f"passes per step ({own:.0f} ms here): the hook's copy and the copy of the mean into `.grad`. Without "
+                "either it runs DDP's own reduction and pays none: keep the default unless the hook saves more "
+                "communication time than that."
+            )
+            continue
         text = (
-            f"`{name}`: its own work is {passes:.1f} whole-model passes per step ({1000 * own:.0f} ms here); do not "
-            f"use it where one training step is shorter than about {own / d['target'] * 1000:.0f} ms on this hardware "
-            f"({passes / d['target']:.0f} passes over the weights): small batches, or a model whose compute is light "
-            "for its size."
+            f"`{name}`: its own work is {passes:.1f} whole-model passes per step ({own:.0f} ms here); do not use it "
+            f"where `ssgd`'s step is less than about {own:.0f} ms longer than the compute-only step: there is less "
+            "communication to hide than it costs. Its share falls as the step grows (larger batches, more compute "
+            "per weight)"
         )
-        if name not in PER_STEP:
-            text += f" It is paid once per `sync_every` = {work['sync_every']} steps: doubling `sync_every` halves it."
+        periodic = f" and as `sync_every` grows (paid once per {work['sync_every']} steps here)."
+        text += "." if name in PER_STEP else periodic
         out.append(text)
     return out
 

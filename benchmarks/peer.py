@@ -357,6 +357,18 @@ def lighthouse(link: netns.Link, log: Path, port: int = LIGHTHOUSE_PORT) -> Iter
                 proc.wait()
 
 
+RUN_START_S = 10.0
+"""Per run: the rank pair's start-up (and torchft's lighthouse and Manager for its runs)."""
+PEER_STEP_S = 0.26
+"""A step of the peer's character LM at 200 Mbit/s, sync steps included (measured: 0.24 local, 0.5 sync)."""
+
+
+def estimate_s(args: argparse.Namespace) -> float:
+    """The phase's run time on a quiet machine (s): per link and repeat, one run of ours and one of torchft."""
+    links = len([b for b in args.peer_bandwidths.split(",") if b.strip()])
+    return links * args.peer_repeats * len(IMPLS) * (RUN_START_S + PEER_STEP_S * args.peer_steps)
+
+
 def add_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("peer (our diloco against torchft's DiLoCo with its Manager and lighthouse)")
     g.add_argument("--peer-bandwidths", default="200mbit", help="comma-separated rates (default 200mbit)")

@@ -240,3 +240,19 @@ def test_a_phase_measured_again_alone_is_named_on_the_page(tmp_path: Path) -> No
     assert "Phase `lm` was measured again after this run, alone (`python -m benchmarks.lm`, d, 700 s): x." in (
         report.markdown(data, [])
     )
+
+
+def test_every_default_phase_has_a_budget_estimate() -> None:
+    """The budget printed at start covers the whole default run: no phase is left out of it."""
+    import importlib
+
+    args = run.parse_args([])
+    for name in run.DEFAULT_WORKLOADS.split(","):
+        if name == "throughput":
+            continue  # estimated from the previous results by estimate_throughput_s
+        module = importlib.import_module(run.PHASES[name])
+        assert module.estimate_s(args) > 0, name
+    from benchmarks import lm, peer
+
+    assert lm.estimate_s(args) == pytest.approx(8 * (lm.SPAWN_S + 3 * (20.0 + lm.RUN_OVERHEAD_S)))
+    assert peer.estimate_s(args) == pytest.approx(3 * 2 * (peer.RUN_START_S + peer.PEER_STEP_S * 64))
