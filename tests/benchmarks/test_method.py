@@ -255,4 +255,4 @@ def test_every_default_phase_has_a_budget_estimate() -> None:
     from benchmarks import lm, peer
 
     assert lm.estimate_s(args) == pytest.approx(8 * (lm.SPAWN_S + 3 * (20.0 + lm.RUN_OVERHEAD_S)))
-    assert peer.estimate_s(args) == pytest.approx(3 * 2 * (peer.RUN_START_S + peer.PEER_STEP_S * 64))
+    assert peer.estimate_s(args) == pytest.approx(6 * 2 * (peer.RUN_START_S + peer.PEER_STEP_S * 64))
