@@ -229,40 +229,14 @@ def build(name: str) -> Any:
 def fit_once(name: str, args: argparse.Namespace, rank: int) -> dict[str, Any]:
     """One fit of ``name``: ``warmup`` untimed steps, then ``steps`` timed; step time and CPU split."""
     import lightning.pytorch as pl
-    import torchvision
-    from torch.utils.data import DataLoader, Dataset
 
     from benchmarks import cputime
     from benchmarks.baselines import SYNC_EVERY
-    from benchmarks.worker import LR, MOMENTUM, bench_trainer
+    from benchmarks.worker import bench_trainer, resnet_task
 
     torch.manual_seed(0)
     total = args.warmup + args.steps
     pid, hz = os.getpid(), cputime.clock_ticks()
-
-    class Batches(Dataset[tuple[torch.Tensor, torch.Tensor]]):
-        def __init__(self) -> None:
-            g = torch.Generator().manual_seed(1000 + rank)
-            self.x = torch.randn(args.batch_size, 3, 32, 32, generator=g)
-            self.y = torch.randint(0, NUM_CLASSES, (args.batch_size,), generator=g)
-
-        def __len__(self) -> int:
-            return total
-
-        def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-            return self.x, self.y
-
-    class ResNet(pl.LightningModule):
-        def __init__(self) -> None:
-            super().__init__()
-            self.net = torchvision.models.resnet18(num_classes=NUM_CLASSES)
-
-        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-            x, y = batch
-            return torch.nn.functional.cross_entropy(self.net(x), y)
-
-        def configure_optimizers(self) -> torch.optim.Optimizer:
-            return torch.optim.SGD(self.parameters(), lr=LR, momentum=MOMENTUM)
 
     class Clock(pl.Callback):
         """The wall clock at every step end from the warm-up's on; thread CPU snapshots at the first and last."""
@@ -279,7 +253,7 @@ def fit_once(name: str, args: argparse.Namespace, rank: int) -> dict[str, Any]:
 
     clock = Clock()
     trainer = bench_trainer(build(name), max_steps=total, callbacks=[clock])
-    trainer.fit(ResNet(), DataLoader(Batches(), batch_size=None, shuffle=False))
+    trainer.fit(*resnet_task(args.batch_size, total, rank))
     cpu = {k: v / args.steps for k, v in cputime.split(clock.cpu[args.warmup], clock.cpu[total], pid, hz).items()}
     return {
         "name": name,

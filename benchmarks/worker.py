@@ -264,28 +264,22 @@ class FitEnvironment:
         os.environ.update(self.snapshot)
 
 
-def task_throughput(args: argparse.Namespace) -> dict[str, Any]:
+def resnet_task(batch_size: int, steps: int, rank: int) -> tuple[pl.LightningModule, Any]:
+    """The throughput workload: ResNet-18 (10 classes, SGD lr 0.01 momentum 0.9) and a loader of
+    ``steps`` copies of one random CIFAR-shaped batch, fixed per rank (seed ``1000 + rank``)."""
     import lightning.pytorch as pl
     import torch
     import torchvision
     from torch.utils.data import DataLoader, Dataset
 
-    from benchmarks import cputime
-    from benchmarks.baselines import build_strategy
-    from lightning_delayed import CommMonitor
-
-    rank, _ = rank_and_world()
-    torch.manual_seed(0)
-    total = args.warmup + args.steps
-
     class Batches(Dataset[tuple[torch.Tensor, torch.Tensor]]):
         def __init__(self) -> None:
             g = torch.Generator().manual_seed(1000 + rank)
-            self.x = torch.randn(args.batch_size, 3, 32, 32, generator=g)
-            self.y = torch.randint(0, NUM_CLASSES, (args.batch_size,), generator=g)
+            self.x = torch.randn(batch_size, 3, 32, 32, generator=g)
+            self.y = torch.randint(0, NUM_CLASSES, (batch_size,), generator=g)
 
         def __len__(self) -> int:
-            return total
+            return steps
 
         def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
             return self.x, self.y
@@ -301,6 +295,21 @@ def task_throughput(args: argparse.Namespace) -> dict[str, Any]:
 
         def configure_optimizers(self) -> torch.optim.Optimizer:
             return torch.optim.SGD(self.parameters(), lr=LR, momentum=MOMENTUM)
+
+    return ResNet(), DataLoader(Batches(), batch_size=None, shuffle=False)
+
+
+def task_throughput(args: argparse.Namespace) -> dict[str, Any]:
+    import lightning.pytorch as pl
+    import torch
+
+    from benchmarks import cputime
+    from benchmarks.baselines import build_strategy
+    from lightning_delayed import CommMonitor
+
+    rank, _ = rank_and_world()
+    torch.manual_seed(0)
+    total = args.warmup + args.steps
 
     class Clock(pl.Callback):
         def __init__(self) -> None:
@@ -318,7 +327,7 @@ def task_throughput(args: argparse.Namespace) -> dict[str, Any]:
 
     clock, monitor = Clock(), CommMonitor(log=False, skip_steps=args.warmup)
     trainer = bench_trainer(build_strategy(args.strategy), max_steps=total, callbacks=[clock, monitor])
-    trainer.fit(ResNet(), DataLoader(Batches(), batch_size=None, shuffle=False))
+    trainer.fit(*resnet_task(args.batch_size, total, rank))
     ends = clock.ends
     window = ends[total - 1] - ends[args.warmup - 1]
     tx0, tx1 = clock.tx.get(args.warmup), clock.tx.get(total)
