@@ -128,12 +128,12 @@ class Completed:
 class _Bucket:
     """One flat buffer in flight, and where each of its slices belongs in the result list."""
 
-    flat: Tensor
+    buffer: Tensor  # what the all-reduce sums: the payload, then the weight for weighted averages
+    flat: Tensor  # the payload: ``buffer`` itself, or all of it but the weight
     slots: list[int]
     shapes: list[torch.Size]
     work: Any = None  # torch.distributed Work, or None when already reduced (world size 1)
     weight_sum: Tensor | None = None  # for weighted averages: the all-reduced sum of weights
-    buffer: Tensor | None = None  # what the all-reduce sums when it is more than ``flat`` (flat + weight)
 
     def views(self) -> list[tuple[int, Tensor]]:
         """``(slot, tensor)`` for every tensor of the bucket: views of :attr:`flat` in their own shapes."""
@@ -151,7 +151,7 @@ def pack_buckets(
     """Copy ``tensors`` into fresh flat buckets (:func:`plan_buckets`), yielding each as soon as it is packed.
 
     With ``weight``, the weighted values ``t * weight`` are packed and the weight itself rides as the
-    bucket's last element (:attr:`_Bucket.weight_sum`; :attr:`_Bucket.buffer` is the whole buffer).
+    bucket's last element (:attr:`_Bucket.weight_sum`; :attr:`_Bucket.buffer` is what is summed).
     The live tensors are never part of a bucket.
     """
     with torch.no_grad():
@@ -161,10 +161,10 @@ def pack_buckets(
                 parts = [p * weight for p in parts]
                 parts.append(torch.full((1,), float(weight), dtype=parts[0].dtype, device=parts[0].device))
             flat = torch.cat(parts)  # a fresh buffer: never the live tensor
-            bucket = _Bucket(flat=flat, slots=list(idx), shapes=[tensors[i].shape for i in idx])
+            bucket = _Bucket(buffer=flat, flat=flat, slots=list(idx), shapes=[tensors[i].shape for i in idx])
             if weight is not None:
                 # The weight sum is the last element; dividing the payload by it happens at wait().
-                bucket.flat, bucket.weight_sum, bucket.buffer = flat[:-1], flat[-1:], flat
+                bucket.flat, bucket.weight_sum = flat[:-1], flat[-1:]
             yield bucket
 
 
@@ -293,6 +293,6 @@ def launch_average(
     )
     # Each bucket's all-reduce starts as soon as it is packed, so it overlaps packing the next.
     for bucket in pack_buckets(tensors, bucket_cap_mb, weight):
-        bucket.work = launch_flat_all_reduce(bucket.flat if bucket.buffer is None else bucket.buffer, group)
+        bucket.work = launch_flat_all_reduce(bucket.buffer, group)
         pending.add_bucket(bucket)
     return pending
