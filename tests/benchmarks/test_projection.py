@@ -175,8 +175,9 @@ def test_validation_judges_each_cell_by_the_median_of_its_repeats() -> None:
     data = _synthetic_data()
     exact = next(c for c in data["throughput"] if c["strategy"] == "dasgd" and c["batch_size"] == 64)
     step = exact["ranks"][0]["step_s"]
-    for factor in (1.5, 0.5):  # two more repeats of the cell, one slow and one fast, around the exact one
-        data["throughput"].append({**exact, "ranks": [{"step_s": step * factor}]})
+    # Two more repeats of the cell, one slow and one fast, around the exact one; the slow one first in the list.
+    data["throughput"].insert(data["throughput"].index(exact), {**exact, "ranks": [{"step_s": step * 1.5}]})
+    data["throughput"].append({**exact, "ranks": [{"step_s": step * 0.5}]})
     cells, _ = pj.validation_cells(data)
     assert len(cells) == 14  # still one cell per (link, batch, strategy, role)
     dasgd = next(c for c in cells if c["strategy"] == "dasgd" and c["batch_size"] == 64)
