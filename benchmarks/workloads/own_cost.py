@@ -444,7 +444,7 @@ def own_cost_advice(d: dict[str, Any]) -> list[str]:
 
 
 def own_work_isolated(strategies: Sequence[str]) -> dict[str, Any]:
-    """:mod:`benchmarks.workloads.own_work` for the rules it knows among ``strategies``, in a process of its own (one thread)."""
+    """:mod:`benchmarks.workloads.own_work` for the known rules of ``strategies``, in its own process (one thread)."""
     import subprocess
     import tempfile
 
