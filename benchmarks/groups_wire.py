@@ -1,6 +1,6 @@
 """Bytes between two emulated nodes, and step time, with and without worker groups (``group_size``).
 
-Two network namespaces (:mod:`benchmarks.netns`) are two "nodes" joined by a veth shaped with
+Two network namespaces (:mod:`benchmarks.base.netns`) are two "nodes" joined by a veth shaped with
 ``tbf``; each starts 2 ranks with ``torchrun --nnodes=2 --nproc_per_node=2 --node_rank=<n>``, so
 the link inside a node is loopback and the link between nodes is the veth. Rank 0 reads the
 veth's byte counters (both directions) around the measured steps. Needs root.
@@ -118,7 +118,7 @@ def main() -> None:
         train(args)
         return
 
-    from benchmarks.netns import can_emulate, emulated_link
+    from benchmarks.base.netns import can_emulate, emulated_link
 
     ok, why = can_emulate()
     if not ok:

@@ -9,12 +9,12 @@ and the plots in ``docs/img/``::
     .venv/bin/python -m benchmarks.run --workloads throughput --repeats 5
     .venv/bin/python -m benchmarks.run --report-only              # rebuild docs from the latest JSON
 
-The emulated cluster (:mod:`benchmarks.netns`): 2 ranks in two network namespaces joined by a veth
+The emulated cluster (:mod:`benchmarks.base.netns`): 2 ranks in two network namespaces joined by a veth
 pair shaped with ``tbf`` to each bandwidth in turn. Without root the runner says so and runs on
 loopback only. Each run starts both ranks as child processes (``ip netns exec``) with Lightning's
 environment variables (``MASTER_ADDR`` = rank 0's veth address, ``RANK``, ``WORLD_SIZE``,
 ``NODE_RANK``, ``LOCAL_RANK``) and ``OMP_NUM_THREADS=1``; they report through JSON files. On a
-real cluster, run the same worker (``--worker``, see :mod:`benchmarks.worker`) under torchrun or
+real cluster, run the same worker (``--worker``, see :mod:`benchmarks.base.rank`) under torchrun or
 your scheduler.
 
 Plan of a full run, all on the same link(s) in one go (``--workloads`` picks the phases, in order):
@@ -54,9 +54,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from benchmarks import netns
-from benchmarks.launch import RunFailed, Runner, machine
-from benchmarks.worker import REPO, add_worker_args, run_worker
+from benchmarks.base import netns
+from benchmarks.base.launch import RunFailed, Runner, machine
+from benchmarks.base.rank import REPO, add_worker_args, run_worker
 
 RESULTS = REPO / "benchmarks" / "results"
 DEFAULT_BANDWIDTHS = "unshaped,1gbit,200mbit"
@@ -66,10 +66,10 @@ DEFAULT_SETTINGS = "allreduce_eq_compute"
 DEFAULT_WORKLOADS = "throughput,own_cost,lm,peer,scaling"
 CORE_WORKLOADS = ("throughput", "accuracy")
 PHASES: dict[str, str] = {
-    "own_cost": "benchmarks.own_cost",
-    "lm": "benchmarks.lm",
-    "peer": "benchmarks.peer",
-    "scaling": "benchmarks.projection",
+    "own_cost": "benchmarks.workloads.own_cost",
+    "lm": "benchmarks.workloads.lm",
+    "peer": "benchmarks.workloads.peer",
+    "scaling": "benchmarks.workloads.scaling",
 }
 """Phase name -> module with ``add_args(parser)``, ``measure(args, shaped, runner, out)``, ``section(data, img_dir)``.
 
@@ -186,7 +186,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def strategy_list(args: argparse.Namespace) -> list[str]:
-    from benchmarks.baselines import all_names
+    from benchmarks.base.baselines import all_names
 
     known = all_names()
     names = [s.strip() for s in args.strategies.split(",") if s.strip()] or known
@@ -245,7 +245,7 @@ def refine_batches(
 
 def previous_results(directory: Path) -> dict[str, Any] | None:
     """The newest dated results JSON in ``directory`` (for the budget estimate), or None."""
-    from benchmarks import report
+    from benchmarks.report import page as report
 
     try:
         return dict(json.loads(report.latest_json(directory).read_text()))
@@ -377,7 +377,7 @@ def measure(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, 
 
 
 def measure_throughput(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, out: dict[str, Any]) -> None:
-    from benchmarks.worker import resnet18_grad_bytes
+    from benchmarks.base.rank import resnet18_grad_bytes
 
     names = strategy_list(args)
     common = ["--warmup", str(args.warmup), "--steps", str(args.steps)]
@@ -500,7 +500,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         run_worker(args)
         return 0
-    from benchmarks import report
+    from benchmarks.report import page as report
 
     if args.report_only:
         path = report.latest_json(args.out)
@@ -515,8 +515,8 @@ def main(argv: list[str] | None = None) -> int:
         log(f"NOTE: {why}; running on loopback only, unshaped (bandwidths {args.bandwidths} ignored)")
         args.rates = [None]
         args.grid_rates = [None]
-    from benchmarks.baselines import SYNC_EVERY, strategy_kwargs
-    from benchmarks.worker import versions
+    from benchmarks.base.baselines import SYNC_EVERY, strategy_kwargs
+    from benchmarks.base.rank import versions
 
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out: dict[str, Any] = {

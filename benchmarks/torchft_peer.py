@@ -12,7 +12,7 @@ torchft's ``Manager`` needs a lighthouse server and reconfigurable process group
 anything to the rule, so :class:`GlooManager` stands in for it: ``allreduce`` is an asynchronous
 gloo all-reduce of the tensor in place followed by the division by the world size (what the
 real manager's average does), every quorum commits, and ``current_step`` counts the commits.
-The speed comparison runs torchft's real ``Manager`` and lighthouse: :mod:`benchmarks.peer`.
+The speed comparison runs torchft's real ``Manager`` and lighthouse: :mod:`benchmarks.workloads.peer`.
 
 Rule differences (see docs/algorithms/streaming_diloco.md): torchft launches a fragment ``delay``
 steps *before* its slot and applies it at the slot; we launch it at the slot and apply it

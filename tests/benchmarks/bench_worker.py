@@ -7,7 +7,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from benchmarks.baselines import ComputeOnlyStrategy, PostLocalSGDStrategy
+from benchmarks.base.baselines import ComputeOnlyStrategy, PostLocalSGDStrategy
 from lightning_delayed import CommMonitor, DaSGDStrategy, ODSGDStrategy, SSGDStrategy, record_staleness
 from tests.helpers.models import RegressionModule, trainer
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import charlm
+from benchmarks.base import charlm
 
 
 def _tiny_stdlib(tmp_path: Path) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from benchmarks import lm
+from benchmarks.workloads import lm
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -116,7 +116,16 @@ def test_every_seed_of_a_worker_trains_although_lightning_drops_world_size_after
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), WORLD_SIZE="1", RANK="0", LOCAL_RANK="0",
         OMP_NUM_THREADS="1", PYTHONPATH=str(REPO),
     )  # fmt: skip
-    cmd = [sys.executable, "-m", "benchmarks.lm", "--worker", "--strategy", "ssgd", "--result", str(tmp_path / "r")]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.workloads.lm",
+        "--worker",
+        "--strategy",
+        "ssgd",
+        "--result",
+        str(tmp_path / "r"),
+    ]
     cmd += ["--lm-seeds", "0,1", "--lm-max-steps", "2", "--lm-val-every", "1"]
     proc = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -7,7 +7,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from benchmarks import report, run
+from benchmarks import run
+from benchmarks.report import page as report
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -252,7 +253,7 @@ def test_every_default_phase_has_a_budget_estimate() -> None:
             continue  # estimated from the previous results by estimate_throughput_s
         module = importlib.import_module(run.PHASES[name])
         assert module.estimate_s(args) > 0, name
-    from benchmarks import lm, peer
+    from benchmarks.workloads import lm, peer
 
     assert lm.estimate_s(args) == pytest.approx(8 * (lm.SPAWN_S + 3 * (20.0 + lm.RUN_OVERHEAD_S)))
     assert peer.estimate_s(args) == pytest.approx(6 * 2 * (peer.RUN_START_S + peer.PEER_STEP_S * 64))

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from benchmarks import netns
+from benchmarks.base import netns
 
 
 class FakeRunner:

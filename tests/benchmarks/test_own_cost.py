@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from benchmarks import cputime, own_work
-from benchmarks.own_cost import (
+from benchmarks.base import cputime
+from benchmarks.workloads import own_work
+from benchmarks.workloads.own_cost import (
     BOUND,
     FreeHook,
     bracketed,
@@ -313,7 +314,7 @@ def test_own_cost_advice_says_where_there_is_less_to_hide_than_the_own_work() ->
 def test_budget_estimate_counts_every_bracketed_fit() -> None:
     import argparse
 
-    from benchmarks import own_cost
+    from benchmarks.workloads import own_cost
 
     args = argparse.Namespace(
         own_cost_strategies="odsgd,dasgd", own_cost_repeats=3, own_cost_warmup=4, own_cost_steps=24,

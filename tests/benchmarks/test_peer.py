@@ -8,7 +8,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 import torch
 
-from benchmarks import charlm, peer
+from benchmarks.base import charlm
+from benchmarks.workloads import peer
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import projection as pj
+from benchmarks.workloads import scaling as pj
 
 
 def test_ring_allreduce_time() -> None:

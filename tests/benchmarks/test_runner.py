@@ -10,7 +10,7 @@ import pytest
 from lightning.pytorch.strategies import Strategy
 
 from benchmarks import run
-from benchmarks.baselines import BASELINES, all_names, build_strategy
+from benchmarks.base.baselines import BASELINES, all_names, build_strategy
 from lightning_delayed import strategy_names
 
 

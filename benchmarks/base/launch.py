@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import netns
-from benchmarks.worker import REPO
+from benchmarks.base import netns
+from benchmarks.base.rank import REPO
 
 TAIL = 3000
 
@@ -48,7 +48,7 @@ class Runner:
 
         ``module`` is any module whose command line takes ``--worker``, ``--task`` and ``--result``
         and makes rank ``r`` write ``<prefix>.rank<r>.json`` (the benchmark phases with workers of
-        their own, such as :mod:`benchmarks.lm`, use it).
+        their own, such as :mod:`benchmarks.workloads.lm`, use it).
         """
         self.count += 1
         prefix = self.workdir / f"run{self.count}"

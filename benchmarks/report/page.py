@@ -30,7 +30,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from benchmarks.baselines import OVERLAPPING_EXCLUDED, lock_step_strategies, our_strategies
+from benchmarks.base.baselines import OVERLAPPING_EXCLUDED, lock_step_strategies, our_strategies
 
 MB = 1e6
 LOCK_STEP_TARGET = 0.95

@@ -1,6 +1,6 @@
 """A small character-level transformer language model trained on Python's own standard library.
 
-The workload of the language-model benchmarks (``benchmarks.lm`` and ``benchmarks.peer``): nothing
+The workload of the language-model benchmarks (``benchmarks.workloads.lm`` and ``benchmarks.workloads.peer``): nothing
 is downloaded, the text ships with the interpreter that runs the benchmark.
 
 * **Text**: the top-level ``*.py`` files of the standard library (``sysconfig``'s ``stdlib``

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import lightning.pytorch as pl
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 TASKS = ("allreduce", "throughput", "digits", "contention")
 NUM_CLASSES = 10
 LR = 0.01
@@ -303,8 +303,8 @@ def task_throughput(args: argparse.Namespace) -> dict[str, Any]:
     import lightning.pytorch as pl
     import torch
 
-    from benchmarks import cputime
-    from benchmarks.baselines import build_strategy
+    from benchmarks.base import cputime
+    from benchmarks.base.baselines import build_strategy
     from lightning_delayed import CommMonitor
 
     rank, _ = rank_and_world()
@@ -365,7 +365,7 @@ def task_digits(args: argparse.Namespace) -> dict[str, Any]:
     sys.path.insert(0, str(REPO / "examples"))
     from digits import DATA_DESCRIPTION, DigitsCNN, DigitsDataModule
 
-    from benchmarks.baselines import build_strategy
+    from benchmarks.base.baselines import build_strategy
 
     class EpochRecorder(pl.Callback):
         """Training wall time (validation excluded) and test accuracy after every epoch."""
