@@ -175,7 +175,7 @@ class LowBitHook(CommHook):
                 prepared.append(self._prepare([tensors[i] for i in idx], [keys[i] for i in idx], idx, weight, ranks))
         finite = all(ok for *_, ok in prepared)
         futures = []
-        for idx, name, dtype, sizes, wires, ok in prepared:
+        for idx, name, dtype, sizes, wires, _ in prepared:
             job = self._job(wires, sizes, dtype, name, finite, weight, ranks, me, what)
             futures.append((idx, self._submit(job)))
         if not finite:

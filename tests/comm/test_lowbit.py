@@ -40,8 +40,8 @@ def reference(inputs: list[list[list[torch.Tensor]]], bits: int, block: int, fee
     for step in inputs:
         sent = []
         for r, tensors in enumerate(step):
-            v = torch.cat([tensors[i].reshape(-1).to(torch.float64 if tensors[i].dtype == torch.float64 else torch.float32)
-                           for i in KEY_ORDER])
+            wide = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
+            v = torch.cat([tensors[i].reshape(-1).to(wide) for i in KEY_ORDER])
             u = v if e[r] is None else v + e[r]
             chunks = [ref_quantize(c, bits, block) for c in torch.tensor_split(u, ranks)]
             sent.append(chunks)
@@ -84,7 +84,11 @@ def test_lowbit_average_is_bit_identical_to_the_plain_loop(
     ranks: int, bits: int, block: int, dtype: str, feedback: bool
 ) -> None:
     results = run_ranks(
-        "tests.comm.lowbit_worker:rounds", world_size=ranks, bits=bits, block_size=block, dtype=dtype,
+        "tests.comm.lowbit_worker:rounds",
+        world_size=ranks,
+        bits=bits,
+        block_size=block,
+        dtype=dtype,
         error_feedback=feedback,
     )
     steps = len(results[0]["rounds"])
@@ -128,9 +132,9 @@ def test_zero_blocks_round_half_even_and_clamp() -> None:
 
 
 def test_bad_arguments_are_refused() -> None:
-    with pytest.raises(ValueError, match="bits must be 8 .* got 3"):
+    with pytest.raises(ValueError, match=r"bits must be 8 .* got 3"):
         BlockQuantizer(3)
     with pytest.raises(ValueError, match="block_size must be an int >= 1, got 0"):
         BlockQuantizer(8, 0)
-    with pytest.raises(TypeError, match="compressor must be a lightning_delayed.ChunkCompressor"):
+    with pytest.raises(TypeError, match=r"compressor must be a lightning_delayed\.ChunkCompressor"):
         LowBitHook("int8")  # type: ignore[arg-type]
