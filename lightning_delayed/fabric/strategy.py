@@ -22,6 +22,7 @@ from lightning_delayed.comm.buckets import DEFAULT_BUCKET_CAP_MB
 from lightning_delayed.comm.hooks import DDPGradientHook, LocalGradientHook
 from lightning_delayed.fabric.algorithms import SPECS, config_fields, make_config
 from lightning_delayed.strategies import checkpoint as ckpt
+from lightning_delayed.strategies.buffers import keep_buffers_local
 from lightning_delayed.strategies.checks import refuse_unknown_keywords
 from lightning_delayed.strategies.comm_args import (
     check_comm_arguments,
@@ -117,7 +118,7 @@ class DelayedFabricStrategy(DDPStrategy):
         refuse_unknown_keywords(type(self), ddp_kwargs)
         if not SPECS[algorithm].gradients:
             # Buffers take part in the averages and evolve locally in between (docs/algorithms/index.md).
-            ddp_kwargs.setdefault("broadcast_buffers", False)
+            keep_buffers_local(ddp_kwargs)
         ddp_kwargs.setdefault("bucket_cap_mb", bucket_cap_mb)
         super().__init__(
             accelerator=accelerator,

@@ -28,6 +28,7 @@ from lightning_delayed.core.averaging import model_state
 from lightning_delayed.core.dasgd import DaSGD, DaSGDConfig, cocodsgd_config
 from lightning_delayed.core.local_sgd import LocalSGD, LocalSGDConfig
 from lightning_delayed.core.overlap_local_sgd import OverlapLocalSGD, OverlapLocalSGDConfig
+from lightning_delayed.strategies.buffers import keep_buffers_local
 from lightning_delayed.strategies.groups import GroupedStrategy
 
 if TYPE_CHECKING:
@@ -47,7 +48,7 @@ class AveragingStrategy(GroupedStrategy):
 
     def __init__(self, **kwargs: Any) -> None:
         # Buffers take part in the averages and evolve locally in between (docs/algorithms/index.md).
-        kwargs.setdefault("broadcast_buffers", False)
+        keep_buffers_local(kwargs)
         super().__init__(**kwargs)
 
     @override

@@ -21,6 +21,7 @@ from typing_extensions import override
 from lightning_delayed.comm.hooks import LocalGradientHook
 from lightning_delayed.core.diloco import DiLoCo, DiLoCoConfig
 from lightning_delayed.core.streaming_diloco import StreamingDiLoCo, StreamingDiLoCoConfig, layer_fragments
+from lightning_delayed.strategies.buffers import keep_buffers_local
 from lightning_delayed.strategies.groups import GroupedStrategy
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class _OuterOptimizerStrategy(GroupedStrategy):
 
     def __init__(self, **kwargs: Any) -> None:
         # Buffers take part in the synchronisations and evolve locally in between (docs/algorithms/diloco.md).
-        kwargs.setdefault("broadcast_buffers", False)
+        keep_buffers_local(kwargs)
         super().__init__(**kwargs)
 
     @override

@@ -47,6 +47,14 @@ def refuse_group_size(strategy_cls: type, kwargs: dict[str, Any], why: str) -> N
     value = kwargs.pop(GROUP_SIZE_KEY)
     if value == 1 and not isinstance(value, bool):
         return
+    try:
+        check_group_size(value)
+    except ValueError as invalid:
+        # An invalid value is named as such first: "does not support group_size=0" reads as a feature limit.
+        raise ValueError(
+            f"{strategy_cls.__name__}: {invalid}; {strategy_cls.__name__} takes only group_size=1 (the default): "
+            f"{why}"
+        ) from None
     raise ValueError(
         f"{strategy_cls.__name__} does not support group_size={value!r}: {why} Worker groups are available for "
         "local_sgd, dasgd, cocodsgd, overlap_local_sgd, diloco and streaming_diloco (docs/scaling.md)."

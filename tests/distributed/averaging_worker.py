@@ -82,7 +82,7 @@ def fit(case: dict[str, Any], **trainer_kwargs: Any) -> dict[str, Any]:
         "all_reduces": recorder.all_reduces,
         "final": full_state(module),
         "hook_calls": strategy.ddp_hook.calls,
-        "broadcast_buffers": strategy._ddp_kwargs.get("broadcast_buffers"),
+        "forward_sync_buffers": strategy._ddp_kwargs.get("forward_sync_buffers"),
         "val_params": module.val_params,
         "steps": strategy.algorithm.step,
     }

@@ -109,7 +109,7 @@ def test_no_gradient_communication_only_scheduled_averages(
     for rank_results in exactness_results:
         ours = rank_results[index]["ours"]
         assert ours["hook_calls"] == ours["steps"] > 0, "the no-communication DDP hook was not called on CPU"
-        assert ours["broadcast_buffers"] is False
+        assert ours["forward_sync_buffers"] is False
         # One bucket per average: the model fits in one float64 bucket. Local steps issue nothing.
         expected = [1 if (k + 1) % tau == 0 else 0 for k in range(ours["steps"])]
         assert ours["all_reduces"] == expected

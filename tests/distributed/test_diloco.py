@@ -127,7 +127,7 @@ def test_no_gradient_communication_only_scheduled_launches(
         ours = rank_results[index]["ours"]
         # DDP calls the hook only on the last micro-batch of an accumulated step
         assert ours["hook_calls"] == ours["steps"] > 0, "the no-communication DDP hook was not called on CPU"
-        assert ours["broadcast_buffers"] is False
+        assert ours["forward_sync_buffers"] is False
         # diloco: one launch (pseudo-gradient and buffers) per period; streaming: one per fragment, plus the
         # buffers' small blocking average at the end of a period. The model fits in one bucket.
         launched = _launch_steps(case["args"], ours["steps"])

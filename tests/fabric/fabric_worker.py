@@ -87,3 +87,21 @@ def resume_with_other_arguments(case: dict[str, Any], tmp: str) -> str:
     except ValueError as e:
         return str(e)
     return "resumed"
+
+
+def setup_warnings(kinds: list[str]) -> dict[str, Any]:
+    """For each algorithm: the warnings ``fabric.setup`` gives, and whether DDP syncs buffers every forward."""
+    import warnings
+
+    out: dict[str, Any] = {}
+    for kind in kinds:
+        fabric = Fabric(accelerator="cpu", devices=world_size(), strategy=DelayedFabricStrategy(kind))
+        fabric.launch()
+        net = build_net()
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model, _ = fabric.setup(net, build_optimizer(net.parameters(), {"kind": "sgd", "lr": 0.1}))
+        ddp = model._forward_module
+        out[kind] = {"warnings": [str(w.message) for w in caught], "forward_sync_buffers": ddp.forward_sync_buffers}
+        fabric.strategy.teardown()
+    return out

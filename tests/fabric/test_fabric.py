@@ -140,3 +140,13 @@ def test_resume_with_other_arguments_is_refused_on_every_rank(tmp_path: Path) ->
     messages = run_ranks("tests.fabric.fabric_worker:resume_with_other_arguments", case=case, tmp=str(tmp_path))
     for message in messages:
         assert "other 'dasgd' arguments: sync_every=2 (checkpoint) vs sync_every=3 (this run)" in message
+
+
+def test_averaging_family_sets_ddp_buffer_sync_without_the_deprecated_argument() -> None:
+    # torch 2.13 deprecated DDP's broadcast_buffers: passing it printed a FutureWarning once per rank.
+    kinds = ["local_sgd", "dasgd", "overlap_local_sgd", "diloco", "streaming_diloco"]
+    for rank, result in enumerate(run_ranks("tests.fabric.fabric_worker:setup_warnings", kinds=kinds)):
+        for kind in kinds:
+            caught = result[kind]["warnings"]
+            assert not [w for w in caught if "broadcast_buffers" in w], f"rank {rank}, {kind}: {caught}"
+            assert result[kind]["forward_sync_buffers"] is False, f"rank {rank}, {kind}: DDP syncs buffers"

@@ -57,7 +57,7 @@ def test_bad_arguments_are_refused_at_construction(make: Any, match: str) -> Non
 def test_arguments_reach_the_config_and_defaults_are_the_papers() -> None:
     d = DiLoCoStrategy()
     assert (d.config.sync_every, d.config.outer_lr, d.config.outer_momentum, d.config.nesterov) == (50, 0.7, 0.9, True)
-    assert d._ddp_kwargs["broadcast_buffers"] is False
+    assert d._ddp_kwargs["forward_sync_buffers"] is False and "broadcast_buffers" not in d._ddp_kwargs
     s = StreamingDiLoCoStrategy(sync_every=6, num_fragments=3, delay=2, alpha=0.25, fragments="sequential")
     assert (s.config.num_fragments, s.config.delay, s.config.alpha, s.config.fragments) == (3, 2, 0.25, "sequential")
     assert StreamingDiLoCoStrategy().config.num_fragments == 2

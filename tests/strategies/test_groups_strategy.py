@@ -47,6 +47,18 @@ def test_gradient_strategies_refuse_group_size(cls: type[Any]) -> None:
         cls(group_size="node")
 
 
+@pytest.mark.parametrize("cls", UNGROUPED, ids=lambda c: c.__name__)
+@pytest.mark.parametrize("bad", [0, -1, "abc", None, True, 2.0])
+def test_gradient_strategies_name_an_invalid_group_size_as_invalid_first(cls: type[Any], bad: Any) -> None:
+    # Not "does not support group_size=0: ...", which reads as a limit of the algorithm.
+    with pytest.raises(ValueError) as info:
+        cls(group_size=bad)
+    message = str(info.value)
+    assert message.startswith(f"{cls.__name__}: group_size must be an int >= 1 (ranks per worker)"), message
+    assert f"got {bad!r}" in message and "takes only group_size=1 (the default)" in message
+    assert "does not support" not in message
+
+
 @pytest.mark.parametrize("value", [2, "node"])
 def test_group_size_from_yaml(value: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sys, "argv", ["cli.py"])
