@@ -110,9 +110,7 @@ class DelayedAlgorithm(ABC):
         """Restore from :meth:`state_dict` and this rank's :meth:`local_state_dict` (resume, before step 0)."""
         self.step = int(state["step"])
 
-    def load_resized_state_dict(
-        self, state: dict[str, Any], local_states: list[dict[str, Any]], *, rank: int
-    ) -> None:
+    def load_resized_state_dict(self, state: dict[str, Any], local_states: list[dict[str, Any]], *, rank: int) -> None:
         """Resume on a different number of ranks from :meth:`state_dict` and every saved rank's local state.
 
         Must leave every rank of the new run in the state its rule gives, documented in

@@ -210,9 +210,7 @@ class DiLoCoBase(AveragingAlgorithm):
         finally:
             copy_all_(self.tensors, own)
 
-    def load_resized_state_dict(
-        self, state: dict[str, Any], local_states: list[dict[str, Any]], *, rank: int
-    ) -> None:
+    def load_resized_state_dict(self, state: dict[str, Any], local_states: list[dict[str, Any]], *, rank: int) -> None:
         """Resume on another number of ranks (docs/algorithms/diloco.md, "Resuming on another number of ranks").
 
         ``theta`` (every fragment) and every outer optimizer's state are kept as saved (they are equal

@@ -345,5 +345,6 @@ def restore_resized(strategy: StrategyLike, saved: Mapping[str, Any], world: int
     rank_zero_warn(
         f"Resuming {strategy.strategy_name!r} on {world} ranks from a checkpoint of {old} ranks: every rank starts "
         "from the saved state by the strategy's resize rule (docs/algorithms/"
-        f"{strategy.strategy_name}.md, \"Resuming on another number of ranks\"), so the trajectory differs from an uninterrupted run on {old} ranks."
+        f'{strategy.strategy_name}.md, "another number of ranks"), so the trajectory differs from an '
+        f"uninterrupted run on {old} ranks."
     )

@@ -135,10 +135,10 @@ class ElasticSnapshots(Callback):
         )
 
         def resume_start(checkpoint_path: Any = None, weights_only: bool | None = None) -> None:
-            connector.resume_start = original  # once: a later fit looks again
+            connector.resume_start = original  # type: ignore[method-assign]  # once: a later fit looks again
             original(path if checkpoint_path is None else checkpoint_path, weights_only=weights_only)
 
-        connector.resume_start = resume_start
+        connector.resume_start = resume_start  # type: ignore[method-assign]
 
     # ------------------------------------------------------------------ save
 
@@ -177,7 +177,9 @@ class ElasticSnapshots(Callback):
         if world > 1:
             dist.all_reduce(flag, op=dist.ReduceOp.MIN)
         if int(flag.item()) != 1:
-            rank_zero_warn(f"ElasticSnapshots: the snapshot of step {step} was not written on every rank; not committed")
+            rank_zero_warn(
+                f"ElasticSnapshots: the snapshot of step {step} was not written on every rank; not committed"
+            )
             return False
         # Committed only now: every rank holds the file, so any survivor can serve it.
         _write_atomic(self.dirpath / f"step-{step}.ok", b"", rank)

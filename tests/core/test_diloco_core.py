@@ -384,7 +384,10 @@ def test_resume_on_another_number_of_ranks_keeps_theta_and_the_outer_state(strea
             entry["momentum_buffer"] = entry["momentum_buffer"] * (r + 2)
         local_states.append(local)
     for new_rank in (0, 1):
-        y = [torch.zeros(2, dtype=torch.float64, requires_grad=True), torch.zeros(1, dtype=torch.float64, requires_grad=True)]
+        y = [
+            torch.zeros(2, dtype=torch.float64, requires_grad=True),
+            torch.zeros(1, dtype=torch.float64, requires_grad=True),
+        ]
         opt2 = torch.optim.SGD(y, lr=0.1, momentum=0.9)
         resized = make(y, opt2)
         resized.load_resized_state_dict(state, local_states, rank=new_rank)

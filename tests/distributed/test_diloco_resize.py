@@ -1,6 +1,6 @@
 """DiLoCo and Streaming DiLoCo resumed on another number of real gloo ranks (3 -> 2 and 2 -> 3).
 
-The rule (docs/algorithms/diloco.md, "Resuming on another number of ranks"): theta (every
+The rule (docs/algorithms/diloco.md, "another number of ranks"): theta (every
 fragment) and every outer optimizer's state are kept as saved; every rank starts with x = theta;
 new rank r' takes the inner optimizer state of saved rank r' mod N; fragments in flight are
 dropped; the step counter continues. The first step after the resume is a DiLoCo sync, checked
@@ -42,7 +42,11 @@ def resized(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFac
     run_ranks("tests.distributed.resume_worker:write", world_size=old, cases=CASES, tmp=str(tmp))
     saved = {c["name"]: torch.load(Path(tmp) / f"{c['name']}.ckpt", weights_only=True) for c in CASES}
     out = run_ranks(
-        "tests.distributed.diloco_resize_worker:resume", world_size=new, cases=CASES, tmp=str(tmp), more_steps=MORE_STEPS
+        "tests.distributed.diloco_resize_worker:resume",
+        world_size=new,
+        cases=CASES,
+        tmp=str(tmp),
+        more_steps=MORE_STEPS,
     )
     return {"old": old, "new": new, "saved": saved, "ranks": out}
 
@@ -95,7 +99,10 @@ def test_first_sync_after_the_resize_follows_the_rule(resized: dict[str, Any]) -
     for rank, result in enumerate(ranks):
         inner = own["local_states"][rank % resized["old"]]["optimizer"]["state"]
         x_new.append(
-            [t - lr * (mu * inner[i]["momentum_buffer"] + g) for i, (t, g) in enumerate(zip(theta, result["grads"]))]
+            [
+                t - lr * (mu * inner[i]["momentum_buffer"] + g)
+                for i, (t, g) in enumerate(zip(theta, result["grads"], strict=True))
+            ]
         )
     expected = []
     for i, t in enumerate(theta):

@@ -1,12 +1,13 @@
 """One node of an elastic torchrun job (tests/strategies/test_elastic.py).
 
-Usage: ``torchrun --nnodes=1:2 --nproc-per-node=1 --rdzv-backend=c10d ... elastic_script.py OUT NODE KILL_AT``.
-Trains ``diloco`` (H = 4) for 12 steps with ``ElasticSnapshots(every_n_steps=3)`` in ``OUT/node<NODE>``
-(this node's "local disk", every snapshot kept for the test to read). In the first attempt, node ``B`` kills its own elastic agent and then
-itself before optimizer step ``KILL_AT``: the node is gone for good. Each attempt appends
-``<restart count>:<world size>:<first step>`` to ``OUT/attempts<NODE>.txt`` and saves what it
-starts from (x, theta, the inner optimizer state) to ``OUT/start<NODE>_<restart count>.pt``; the
-survivor saves its final weights to ``OUT/final<NODE>.pt``.
+Usage: ``torchrun --nnodes=1:2 --nproc-per-node=1 --rdzv-backend=c10d ... elastic_script.py OUT NODE
+KILL_AT`` (one agent per emulated node). Trains ``diloco`` (H = 4) for 12 steps with
+``ElasticSnapshots(every_n_steps=3)`` in ``OUT/node<NODE>`` (this node's "local disk", every
+snapshot kept for the test to read). In the first attempt, node ``B`` kills its own elastic agent
+and then itself before optimizer step ``KILL_AT``: the node is gone for good. Each attempt appends
+``<restart count>:<world size>:<first step>`` to ``OUT/attempts<NODE>.txt`` and saves what it starts
+from (x, theta, the inner optimizer state) to ``OUT/start<NODE>_<restart count>.pt``; the survivor
+saves its final weights to ``OUT/final<NODE>.pt``.
 """
 
 from __future__ import annotations
@@ -61,7 +62,10 @@ def main() -> None:
         devices=1,
         num_nodes=world,
         max_steps=MAX_STEPS,
-        callbacks=[lightning_delayed.ElasticSnapshots(SNAPSHOT_EVERY, out / f"node{node}", keep=5), _Record(out, node, kill_at)],
+        callbacks=[
+            lightning_delayed.ElasticSnapshots(SNAPSHOT_EVERY, out / f"node{node}", keep=5),
+            _Record(out, node, kill_at),
+        ],
     )
     fit.fit(module)
     torch.save(params_of(module), out / f"final{node}.pt")
