@@ -47,6 +47,7 @@ _LIGHTNING_NAMES = (
     "DaSGDStrategy",
     "DelayedStrategy",
     "DiLoCoStrategy",
+    "ElasticSnapshots",
     "LocalSGDStrategy",
     "NonFiniteCheckpointError",
     "ODSGDStrategy",
@@ -97,6 +98,7 @@ if _LIGHTNING_ERROR is None:
     from lightning_delayed.strategies.averaging import AveragingStrategy
     from lightning_delayed.strategies.checkpoint import CheckpointError
     from lightning_delayed.strategies.finite import NonFiniteCheckpointError
+    from lightning_delayed.strategies.snapshots import ElasticSnapshots
 
     check_ddp_hook_override()
     register_all()
@@ -133,6 +135,7 @@ __all__ = [
     "DelayedStrategy",
     "DiLoCoConfig",
     "DiLoCoStrategy",
+    "ElasticSnapshots",
     "GradientCommunicator",
     "LocalGradientHook",
     "LocalSGDConfig",

@@ -177,7 +177,7 @@ class AveragingAlgorithm(DelayedAlgorithm):
             # Called after Lightning restored rank 0's optimizer state: overwrite it with this rank's.
             self.optimizer.load_state_dict(copy.deepcopy(optimizer_state))
 
-    def load_resized_state_dict(self, state: dict[str, Any], local_states: list[dict[str, Any]]) -> None:
+    def load_resized_state_dict(self, state: dict[str, Any], local_states: list[dict[str, Any]], *, rank: int) -> None:
         """Resume on another number of ranks from the consensus of the saved ranks.
 
         Each saved rank's ``x`` is first merged with what was pending by the algorithm's end-of-fit

@@ -110,12 +110,14 @@ class DelayedAlgorithm(ABC):
         """Restore from :meth:`state_dict` and this rank's :meth:`local_state_dict` (resume, before step 0)."""
         self.step = int(state["step"])
 
-    def load_resized_state_dict(self, state: dict[str, Any], local_states: list[dict[str, Any]]) -> None:
+    def load_resized_state_dict(self, state: dict[str, Any], local_states: list[dict[str, Any]], *, rank: int) -> None:
         """Resume on a different number of ranks from :meth:`state_dict` and every saved rank's local state.
 
-        Must leave every rank of the new run in the same state, by a rule documented in
-        ``docs/algorithms/<name>.md``. Default: no such rule; raises ``NotImplementedError``, which
-        the strategy turns into a refusal on every rank. Called before anything else is restored.
+        Must leave every rank of the new run in the state its rule gives, documented in
+        ``docs/algorithms/<name>.md`` (the same on every rank, except state the rule keeps per rank,
+        such as DiLoCo's inner optimizer: ``rank`` is this rank of the new run). Default: no such
+        rule; raises ``NotImplementedError``, which the strategy turns into a refusal on every rank.
+        Called before anything else is restored.
         """
         raise NotImplementedError(f"{type(self).__name__} cannot resume on a different number of ranks")
 

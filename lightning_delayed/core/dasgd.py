@@ -169,8 +169,8 @@ class DaSGD(AveragingAlgorithm):
             merge_delayed_(x, state["pending_average"], local_state["snapshot"])
         return x
 
-    def load_resized_state_dict(self, state: dict[str, Any], local_states: list[dict[str, Any]]) -> None:
-        super().load_resized_state_dict(state, local_states)
+    def load_resized_state_dict(self, state: dict[str, Any], local_states: list[dict[str, Any]], *, rank: int) -> None:
+        super().load_resized_state_dict(state, local_states, rank=rank)
         # The samples counted since the last launch: the saved ranks' mean, so the first average
         # after the resume weights this period like the saved ranks did on average.
         counts = [int(local["samples_since_launch"]) for local in local_states]

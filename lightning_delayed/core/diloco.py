@@ -40,6 +40,7 @@ from lightning_delayed.core.averaging import (
     ParameterCommunicator,
     check_average_buffers,
     check_sync_every,
+    mean_tensors,
 )
 from lightning_delayed.core.base import clone_all, copy_all_
 
@@ -209,16 +210,32 @@ class DiLoCoBase(AveragingAlgorithm):
         finally:
             copy_all_(self.tensors, own)
 
-    def load_resized_state_dict(self, state: dict[str, Any], local_states: list[dict[str, Any]]) -> None:
-        """Refused: no resize rule is specified yet for ``theta``, the outer optimizers and fragments in flight.
+    def load_resized_state_dict(self, state: dict[str, Any], local_states: list[dict[str, Any]], *, rank: int) -> None:
+        """Resume on another number of ranks (docs/algorithms/diloco.md, "Resuming on another number of ranks").
 
-        The model-averaging rule of :class:`AveragingAlgorithm` (the mean of the saved ``x``) would
-        leave ``theta`` and the outer momentum behind, so it must not be inherited silently.
+        ``theta`` (every fragment) and every outer optimizer's state are kept as saved (they are equal
+        on every rank); every rank starts with ``x = theta``; rank ``r'`` takes the inner optimizer
+        state of saved rank ``r' mod N``; fragments in flight are dropped (their pseudo-gradients are
+        lost, ``theta`` stays consistent); the step counter ``k`` continues, so the schedule does too.
+        The float buffers start as the mean of the saved ranks'. The model-averaging rule of
+        :class:`AveragingAlgorithm` (the mean of the saved ``x``) would leave ``theta`` and the outer
+        momentum behind, so it is not inherited.
         """
-        raise NotImplementedError(
-            f"{type(self).__name__} cannot resume on a different number of ranks yet: resume with the same "
-            "number of devices, or start a new run from the checkpoint's weights (its state_dict is theta)"
-        )
+        if not local_states:
+            raise ValueError("the checkpoint holds no per-rank state (local_states is empty); it cannot be resized")
+        DiLoCoBase.load_state_dict(self, state, {})  # the shared part only: not the fragments in flight
+        self._drop_pending()
+        copy_all_(self.params, self.global_params)
+        n_params = len(self.params)
+        saved_x = [local["tensors"] for local in local_states]
+        if self.buffers:
+            copy_all_(self.buffers, self.to_tensors(mean_tensors(saved_x))[n_params:])
+        inner = local_states[rank % len(local_states)].get("optimizer")
+        if inner is not None:
+            self.optimizer.load_state_dict(copy.deepcopy(inner))
+
+    def _drop_pending(self) -> None:
+        """Forget the fragments in flight (Streaming DiLoCo); DiLoCo has none."""
 
     def state_dict(self) -> dict[str, Any]:
         return {

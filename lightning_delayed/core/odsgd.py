@@ -262,7 +262,7 @@ class ODSGD(DelayedAlgorithm):
         if local is not None:
             copy_all_(self.params, local)
 
-    def load_resized_state_dict(self, state: dict[str, Any], local_states: list[dict[str, Any]]) -> None:
+    def load_resized_state_dict(self, state: dict[str, Any], local_states: list[dict[str, Any]], *, rank: int) -> None:
         """Resume from ``W`` with the pending mean applied (the end-of-fit rule, docs/algorithms/odsgd.md).
 
         The ranks' local weights ``w`` are dropped: every rank continues from the same ``W``, and the

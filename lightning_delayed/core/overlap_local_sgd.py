@@ -156,8 +156,8 @@ class OverlapLocalSGD(AveragingAlgorithm):
             pull_back_(x, state["pending_average"], float(self.config.alpha))
         return x
 
-    def load_resized_state_dict(self, state: dict[str, Any], local_states: list[dict[str, Any]]) -> None:
-        super().load_resized_state_dict(state, local_states)
+    def load_resized_state_dict(self, state: dict[str, Any], local_states: list[dict[str, Any]], *, rank: int) -> None:
+        super().load_resized_state_dict(state, local_states, rank=rank)
         # The pending anchor is merged above, so the next synchronisation point launches x like the
         # first one; the outer momentum v continues as the saved ranks' mean.
         momenta = [local["momentum"] for local in local_states if local.get("momentum") is not None]

@@ -80,6 +80,6 @@ class SynchronousSGD(DelayedAlgorithm):
     def after_optimizer_step(self) -> None:
         self.step += 1
 
-    def load_resized_state_dict(self, state: dict[str, Any], local_states: list[dict[str, Any]]) -> None:
+    def load_resized_state_dict(self, state: dict[str, Any], local_states: list[dict[str, Any]], *, rank: int) -> None:
         """No per-rank state: the step counter carries over (docs/algorithms/ssgd.md)."""
         self.load_state_dict(state, {})

@@ -267,5 +267,9 @@ class StreamingDiLoCo(DiLoCoBase):
             ]
             self.pending.append(PendingFragment(q, int(saved["launch_step"]), Completed(average)))
 
+    def _drop_pending(self) -> None:
+        # Resized: the fragments in flight are dropped (their pseudo-gradients were means over the old ranks).
+        self.pending = []
+
 
 __all__ = ["FRAGMENT_PATTERNS", "StreamingDiLoCo", "StreamingDiLoCoConfig", "layer_fragments"]

@@ -335,7 +335,7 @@ def restore_resized(strategy: StrategyLike, saved: Mapping[str, Any], world: int
         # First: an algorithm that averages float buffers with its model sets them again, to the same mean.
         restore_rank_buffers(module, consensus_buffers(buffers))
     try:
-        algorithm.load_resized_state_dict(saved["state"], saved["local_states"])
+        algorithm.load_resized_state_dict(saved["state"], saved["local_states"], rank=strategy.global_rank)
     except NotImplementedError:
         raise ValueError(
             f"the checkpoint was written by {old} ranks but this run has {world}, and {strategy.strategy_name!r} "
@@ -344,6 +344,7 @@ def restore_resized(strategy: StrategyLike, saved: Mapping[str, Any], world: int
         ) from None
     rank_zero_warn(
         f"Resuming {strategy.strategy_name!r} on {world} ranks from a checkpoint of {old} ranks: every rank starts "
-        "from the consensus of the saved per-rank states (docs/algorithms/"
-        f"{strategy.strategy_name}.md), so the trajectory differs from an uninterrupted run on {old} ranks."
+        "from the saved state by the strategy's resize rule (docs/algorithms/"
+        f'{strategy.strategy_name}.md, "another number of ranks"), so the trajectory differs from an '
+        f"uninterrupted run on {old} ranks."
     )

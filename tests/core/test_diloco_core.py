@@ -356,15 +356,50 @@ def test_checkpoint_round_trip_with_fragment_in_flight() -> None:
 
 
 @pytest.mark.parametrize("streaming", [False, True], ids=["diloco", "streaming_diloco"])
-def test_resume_on_another_number_of_ranks_is_refused(streaming: bool) -> None:
-    """The averaging family's resize rule (mean of the saved x) would drop theta and the outer state."""
+def test_resume_on_another_number_of_ranks_keeps_theta_and_the_outer_state(streaming: bool) -> None:
+    """3 saved ranks -> 2: theta and the outer state as saved, x = theta, inner state of rank r' mod 3, k kept."""
     x = [torch.ones(2, dtype=torch.float64, requires_grad=True), torch.ones(1, dtype=torch.float64, requires_grad=True)]
-    opt = torch.optim.SGD(x, lr=0.1)
-    if streaming:
-        cfg = StreamingDiLoCoConfig(sync_every=4, num_fragments=2, delay=1)
-        algo: Any = StreamingDiLoCo(cfg, x, [], opt, [[0], [1]], KeyedFakeComm(FakeGroup(1), 0))
-    else:
-        algo = DiLoCo(DiLoCoConfig(sync_every=2), x, [], opt, KeyedFakeComm(FakeGroup(1), 0))
-    state, local = algo.state_dict(), algo.local_state_dict()
-    with pytest.raises(NotImplementedError, match="different number of ranks"):
-        algo.load_resized_state_dict(state, [local, local])
+    opt = torch.optim.SGD(x, lr=0.1, momentum=0.9)
+    cfg = StreamingDiLoCoConfig(sync_every=4, num_fragments=2, delay=1)
+
+    def make(t: list[Tensor], o: torch.optim.Optimizer) -> Any:
+        if streaming:
+            return StreamingDiLoCo(cfg, t, [], o, [[0], [1]], KeyedFakeComm(FakeGroup(1), 0))
+        return DiLoCo(DiLoCoConfig(sync_every=4), t, [], o, KeyedFakeComm(FakeGroup(1), 0))
+
+    algo = make(x, opt)
+    for _ in range(6):  # streaming: fragment 0 launched after step 5 is still in flight
+        for p in x:
+            p.grad = torch.ones_like(p)
+        opt.step()
+        algo.after_optimizer_step()
+    state = algo.state_dict()
+    assert not streaming or len(state["pending"]) == 1
+    saved_theta = [t.clone() for t in state["global_params"]]
+    local_states = []
+    for r in range(3):  # three saved ranks, each with its own x and inner momentum
+        local = algo.local_state_dict()
+        local["tensors"] = [t + r for t in local["tensors"]]
+        for entry in local["optimizer"]["state"].values():
+            entry["momentum_buffer"] = entry["momentum_buffer"] * (r + 2)
+        local_states.append(local)
+    for new_rank in (0, 1):
+        y = [
+            torch.zeros(2, dtype=torch.float64, requires_grad=True),
+            torch.zeros(1, dtype=torch.float64, requires_grad=True),
+        ]
+        opt2 = torch.optim.SGD(y, lr=0.1, momentum=0.9)
+        resized = make(y, opt2)
+        resized.load_resized_state_dict(state, local_states, rank=new_rank)
+        assert resized.step == 6
+        assert all(torch.equal(a, b) for a, b in zip(resized.global_params, saved_theta, strict=True))
+        assert all(torch.equal(a.detach(), b) for a, b in zip(y, saved_theta, strict=True)), "x must be theta"
+        assert getattr(resized, "pending", []) == [], "fragments in flight must be dropped"
+        for o_new, o_saved in zip(resized.outer_optimizers, state["outer_optimizers"], strict=True):
+            got = o_new.state_dict()["state"]
+            assert got.keys() == o_saved["state"].keys() and got
+            for key in got:
+                assert torch.equal(got[key]["momentum_buffer"], o_saved["state"][key]["momentum_buffer"])
+        inner = local_states[new_rank % 3]["optimizer"]["state"]
+        for i, p in enumerate(y):
+            assert torch.equal(opt2.state[p]["momentum_buffer"], inner[i]["momentum_buffer"])

@@ -125,8 +125,8 @@ def test_resume_on_another_number_of_ranks_by_hand(kind: str, new_world: int) ->
     group = FakeGroup(new_world)
     xs, opts = _replicas(new_world, momentum=0.9)
     new = [makers[kind](x, o, WeightedFakeComm(group, r)) for r, (x, o) in enumerate(zip(xs, opts, strict=True))]
-    for a in new:
-        a.load_resized_state_dict(state, locals_)
+    for r, a in enumerate(new):
+        a.load_resized_state_dict(state, locals_, rank=r)
     for a, x, o in zip(new, xs, opts, strict=True):
         assert a.step == state["step"] and getattr(a, "pending", None) is None
         torch.testing.assert_close(x[0].detach(), expected_x, rtol=0, atol=1e-12)

@@ -15,11 +15,13 @@ import torch.distributed as dist
 from lightning_delayed import (
     CoCoDSGDStrategy,
     DaSGDStrategy,
+    DiLoCoStrategy,
     LocalSGDStrategy,
     ODSGDStrategy,
     OverlapLocalSGDStrategy,
     SASGDStrategy,
     SSGDStrategy,
+    StreamingDiLoCoStrategy,
 )
 from tests.helpers.models import RegressionModule, SaveAt, rank, trainer
 from tests.helpers.reference import full_state
@@ -32,6 +34,8 @@ CLASSES: dict[str, Any] = {
     "cocodsgd": CoCoDSGDStrategy,
     "overlap_local_sgd": OverlapLocalSGDStrategy,
     "sasgd": SASGDStrategy,
+    "diloco": DiLoCoStrategy,
+    "streaming_diloco": StreamingDiLoCoStrategy,
 }
 
 
