@@ -126,7 +126,12 @@ class ElasticSnapshots(Callback):
         self.resumed_step = newest
         self._last_saved = newest
         path = str(snapshot_path(self.dirpath, newest))
-        connector = trainer._checkpoint_connector
+        connector = require(
+            trainer,
+            "_checkpoint_connector",
+            "Trainer._checkpoint_connector",
+            "ElasticSnapshots resumes from a snapshot",
+        )
         original = require(
             connector,
             "resume_start",
