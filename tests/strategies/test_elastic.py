@@ -64,7 +64,7 @@ def test_a_lost_node_for_good_the_survivor_resumes_from_the_snapshot_at_size_1(t
         deadline = time.monotonic() + 60
         while not _listening(port):
             assert a.poll() is None and time.monotonic() < deadline, (tmp_path / "agentA.log").read_text()
-            time.sleep(0.2)
+            time.sleep(0.2)  # readiness poll with a deadline (agent A's store must listen before B joins), not a race fix
         b = _agent(port, tmp_path, "B")
         with contextlib.suppress(subprocess.TimeoutExpired):  # judged below, with the logs
             a.wait(timeout=BOUND_S)
