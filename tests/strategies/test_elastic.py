@@ -64,7 +64,8 @@ def test_a_lost_node_for_good_the_survivor_resumes_from_the_snapshot_at_size_1(t
         deadline = time.monotonic() + 60
         while not _listening(port):
             assert a.poll() is None and time.monotonic() < deadline, (tmp_path / "agentA.log").read_text()
-            time.sleep(0.2)  # readiness poll with a deadline (agent A's store must listen before B joins), not a race fix
+            # A bounded readiness poll (A's rendezvous store must listen before B joins), not a race fix.
+            time.sleep(0.2)
         b = _agent(port, tmp_path, "B")
         with contextlib.suppress(subprocess.TimeoutExpired):  # judged below, with the logs
             a.wait(timeout=BOUND_S)
