@@ -26,7 +26,9 @@ from lightning_delayed.comm.buckets import CommunicationError, NonFiniteReductio
 from lightning_delayed.comm.communicator import AllReduceHook, CommHook
 from lightning_delayed.comm.compression import CompressedHook, Compression, Compressor
 from lightning_delayed.comm.hooks import DDPGradientHook, LocalGradientHook
+from lightning_delayed.comm.lowbit import LowBitHook
 from lightning_delayed.comm.parameter_server import WorkerLostError
+from lightning_delayed.comm.quantized import BlockQuantizer, ChunkCompressor
 from lightning_delayed.comm.stats import record_staleness
 from lightning_delayed.core.averaging import AveragingAlgorithm
 from lightning_delayed.core.base import DelayedAlgorithm, GradientCommunicator
@@ -120,7 +122,9 @@ __all__ = [
     "AllReduceHook",
     "AveragingAlgorithm",
     "AveragingStrategy",
+    "BlockQuantizer",
     "CheckpointError",
+    "ChunkCompressor",
     "CoCoDSGDStrategy",
     "CommHook",
     "CommMonitor",
@@ -140,6 +144,7 @@ __all__ = [
     "LocalGradientHook",
     "LocalSGDConfig",
     "LocalSGDStrategy",
+    "LowBitHook",
     "NonFiniteCheckpointError",
     "NonFiniteReductionError",
     "ODSGDConfig",

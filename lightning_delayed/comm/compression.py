@@ -54,18 +54,31 @@ if TYPE_CHECKING:
 
     from lightning_delayed.comm.buckets import Pending
 
-Compression = Literal["none", "fp16", "bf16"]
-"""The values of the strategies' ``compression`` argument."""
+Compression = Literal["none", "fp16", "bf16", "int8", "int4"]
+"""The values of the strategies' ``compression`` argument (``int8``/``int4``: :mod:`~lightning_delayed.comm.lowbit`)."""
 
 COMPRESSIONS: tuple[str, ...] = get_args(Compression)
 WIRE_DTYPES: dict[str, torch.dtype] = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def check_compression(value: object, allow_none: bool = True) -> str:
-    """Return ``value`` if it is an allowed compression name, else raise a ``ValueError`` naming it."""
+    """Return ``value`` if it is an allowed compression name, else raise a ``ValueError`` naming it.
+
+    ``allow_none=False`` allows only the casts of :class:`Compressor` (``"fp16"``, ``"bf16"``).
+    """
     allowed = COMPRESSIONS if allow_none else tuple(WIRE_DTYPES)
     if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"compression must be one of {allowed}, got {value!r}")
+    return value
+
+
+def check_block_size(value: object) -> int:
+    """Return ``value`` if it is a valid ``block_size`` (an int >= 1), else raise a ``ValueError`` naming it."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(
+            f"block_size must be an int >= 1 (elements per int8/int4 scale block), got {value!r}: "
+            "pass e.g. block_size=64 (the default)"
+        )
     return value
 
 

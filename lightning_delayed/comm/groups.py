@@ -314,10 +314,13 @@ class ShardedHook(CommHook):
         return _GatherJob(outputs, work, error)
 
     def close(self) -> None:
-        """Stop the helper thread (at teardown); what is in flight completes first."""
+        """Stop the helper thread (at teardown), and ``inner``'s if it has one; what is in flight completes first."""
         if self._executor is not None:
             self._executor.shutdown(wait=True)
             self._executor = None
+        close_inner = getattr(self.inner, "close", None)
+        if callable(close_inner):
+            close_inner()  # e.g. LowBitHook's helper thread (compression="int8"/"int4")
 
     def state_dict(self) -> dict[str, Any]:
         return {"inner": self.inner.state_dict()}

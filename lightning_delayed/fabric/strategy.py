@@ -20,6 +20,7 @@ from typing_extensions import override
 
 from lightning_delayed.comm.buckets import DEFAULT_BUCKET_CAP_MB
 from lightning_delayed.comm.hooks import DDPGradientHook, LocalGradientHook
+from lightning_delayed.comm.quantized import DEFAULT_BLOCK_SIZE
 from lightning_delayed.fabric.algorithms import SPECS, config_fields, make_config
 from lightning_delayed.strategies import checkpoint as ckpt
 from lightning_delayed.strategies.buffers import keep_buffers_local
@@ -56,7 +57,9 @@ class DelayedFabricStrategy(DDPStrategy):
             ``"cocodsgd"``, ``"overlap_local_sgd"``, ``"diloco"`` or ``"streaming_diloco"``.
         bucket_cap_mb: cap of each communication bucket in MiB (default 25).
         check_finite: raise a clear error when an averaged tensor contains NaN or Inf (default hook).
-        compression: wire dtype of what the algorithm communicates: ``"none"``, ``"fp16"`` or ``"bf16"``.
+        compression: wire format of what the algorithm communicates: ``"none"``, ``"fp16"``, ``"bf16"``,
+            ``"int8"`` or ``"int4"`` (as for the Trainer strategies, :class:`~lightning_delayed.DelayedStrategy`).
+        block_size: elements per scale block of ``"int8"`` / ``"int4"`` (default 64, an int >= 1).
         error_feedback: with compression, carry each tensor's rounding residual to the next send.
         comm_hook: how tensors are averaged, a :class:`~lightning_delayed.comm.communicator.CommHook`.
         process_group_backend: ``"gloo"`` or ``"nccl"`` (default: NCCL on CUDA, gloo on CPU).
@@ -73,6 +76,7 @@ class DelayedFabricStrategy(DDPStrategy):
         bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB,
         check_finite: bool = True,
         compression: str = "none",
+        block_size: int = DEFAULT_BLOCK_SIZE,
         error_feedback: bool = True,
         comm_hook: CommHook | None = None,
         accelerator: Any = None,
@@ -99,6 +103,7 @@ class DelayedFabricStrategy(DDPStrategy):
             comm_hook=comm_hook,
             process_group_backend=process_group_backend,
             timeout=timeout,
+            block_size=block_size,
         )
         own = config_fields(algorithm)
         self.config = make_config(algorithm, {k: v for k, v in kwargs.items() if k in own})
@@ -112,7 +117,8 @@ class DelayedFabricStrategy(DDPStrategy):
             if key in ddp_kwargs:
                 raise ValueError(
                     f"DelayedFabricStrategy does not accept {key}: the strategy installs its own communication. "
-                    "Pass comm_hook=<a lightning_delayed.CommHook> and/or compression='fp16'/'bf16' instead"
+                    "Pass comm_hook=<a lightning_delayed.CommHook> and/or compression='fp16'/'bf16'/'int8'/'int4' "
+                    "instead"
                 )
         # A misspelt argument would otherwise reach DistributedDataParallel(...) only after the group is up.
         refuse_unknown_keywords(type(self), ddp_kwargs)
@@ -135,6 +141,7 @@ class DelayedFabricStrategy(DDPStrategy):
         self.bucket_cap_mb = float(bucket_cap_mb)
         self.check_finite = check_finite
         self.compression = compression
+        self.block_size = block_size
         self.error_feedback = error_feedback
         self.comm_hook = comm_hook
         self.communicator: CommHook | None = None
@@ -167,6 +174,7 @@ class DelayedFabricStrategy(DDPStrategy):
             compression=self.compression,
             error_feedback=self.error_feedback,
             group=self.comm_group,
+            block_size=self.block_size,
         )
 
     @override

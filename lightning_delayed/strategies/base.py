@@ -8,8 +8,10 @@ first step. A concrete strategy only says which algorithm object and which DDP h
 
 Communication is chosen by two arguments every strategy accepts: ``comm_hook`` (a
 :class:`~lightning_delayed.comm.communicator.CommHook`; default: bucketed all-reduce) and
-``compression`` (``"none"``, ``"fp16"``, ``"bf16"``), which wraps that hook in a
-:class:`~lightning_delayed.comm.compression.CompressedHook`. The result is :attr:`DelayedStrategy.communicator`,
+``compression`` (``"none"``, ``"fp16"``, ``"bf16"``, ``"int8"``, ``"int4"``): fp16/bf16 wrap that
+hook in a :class:`~lightning_delayed.comm.compression.CompressedHook`; int8/int4 average through a
+:class:`~lightning_delayed.comm.lowbit.LowBitHook` (block size ``block_size``), which keeps the hook
+for the one-off full-precision averages. The result is :attr:`DelayedStrategy.communicator`,
 built at the start of every ``fit`` and handed to the algorithm (and to the DDP gradient hook).
 """
 
@@ -35,6 +37,7 @@ from lightning_delayed.comm.communicator import CommHook  # noqa: TC001 (Lightni
 from lightning_delayed.comm.compression import Compression  # noqa: TC001 (as above)
 from lightning_delayed.comm.hooks import DDPGradientHook
 from lightning_delayed.comm.process_groups import init_elastic_default_group
+from lightning_delayed.comm.quantized import DEFAULT_BLOCK_SIZE
 from lightning_delayed.core.base import DelayedAlgorithm
 from lightning_delayed.strategies import checkpoint as ckpt
 from lightning_delayed.strategies.checks import refuse_on_every_rank, refuse_unknown_keywords
@@ -72,11 +75,17 @@ class DelayedStrategy(DDPStrategy):
         bucket_cap_mb: cap of each communication bucket in MiB (DDP's default, 25); also the cap of
             the default :class:`~lightning_delayed.comm.communicator.AllReduceHook`.
         check_finite: raise a clear error when an averaged tensor contains NaN or Inf (default hook).
-        compression: wire dtype of everything the algorithm communicates: ``"none"`` (default,
+        compression: wire format of everything the algorithm communicates: ``"none"`` (default,
             exact), ``"fp16"`` or ``"bf16"`` (half the bytes; see
-            :mod:`lightning_delayed.comm.compression`). Wraps ``comm_hook`` (or the default hook).
+            :mod:`lightning_delayed.comm.compression`; wraps ``comm_hook`` or the default hook), or
+            ``"int8"`` / ``"int4"`` (block-wise absmax quantization, a reduce-scatter of quantized
+            chunks then an all-gather; see :mod:`lightning_delayed.comm.lowbit`; ``comm_hook`` or
+            the default hook then carries only the one-off full-precision averages).
+        block_size: elements per scale block of ``"int8"`` / ``"int4"`` (default 64, an int >= 1).
+            Ignored by the other compressions.
         error_feedback: with compression, keep each tensor's rounding residual and add it to the
-            next one sent (per rank, stored in checkpoints). Ignored without compression.
+            next one sent (per rank, stored in checkpoints; with int8/int4 also each owner's
+            residual of its chunk of the mean). Ignored without compression.
         comm_hook: how tensors are averaged, a :class:`~lightning_delayed.comm.communicator.CommHook`
             (default ``None``: :class:`~lightning_delayed.comm.communicator.AllReduceHook` with
             ``bucket_cap_mb`` and ``check_finite``). From YAML: ``class_path`` / ``init_args``.
@@ -95,6 +104,7 @@ class DelayedStrategy(DDPStrategy):
         bucket_cap_mb: float = DEFAULT_BUCKET_CAP_MB,
         check_finite: bool = True,
         compression: Compression = "none",
+        block_size: int = DEFAULT_BLOCK_SIZE,
         error_feedback: bool = True,
         comm_hook: CommHook | None = None,
         accelerator: pl.accelerators.Accelerator | None = None,
@@ -116,6 +126,7 @@ class DelayedStrategy(DDPStrategy):
             comm_hook=comm_hook,
             process_group_backend=process_group_backend,
             timeout=timeout,
+            block_size=block_size,
         )
         # LightningCLI passes every DDPStrategy argument it finds, with None for the defaults.
         for key in _OWNED_DDP_ARGS:
@@ -126,7 +137,7 @@ class DelayedStrategy(DDPStrategy):
             raise ValueError(
                 f"{type(self).__name__} does not accept {owned}: the strategy installs its own communication. "
                 "To customise it, pass comm_hook=<a lightning_delayed.CommHook subclass> and/or "
-                "compression='fp16'/'bf16' (see docs/extending.md), or use strategy='ddp'"
+                "compression='fp16'/'bf16'/'int8'/'int4' (see docs/extending.md), or use strategy='ddp'"
             )
         refuse_unknown_keywords(type(self), kwargs)
         kwargs.setdefault("bucket_cap_mb", bucket_cap_mb)
@@ -144,6 +155,7 @@ class DelayedStrategy(DDPStrategy):
         self.bucket_cap_mb = float(bucket_cap_mb)
         self.check_finite = check_finite
         self.compression: str = compression
+        self.block_size: int = block_size
         self.error_feedback = error_feedback
         self.comm_hook: CommHook | None = comm_hook
         self.communicator: CommHook | None = None  # built at the start of every fit (build_communicator)
@@ -189,6 +201,7 @@ class DelayedStrategy(DDPStrategy):
             compression=self.compression,
             error_feedback=self.error_feedback,
             group=self.comm_group,
+            block_size=self.block_size,
         )
 
     @property

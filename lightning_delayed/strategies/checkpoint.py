@@ -38,6 +38,8 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
+from lightning_delayed.comm.quantized import QUANTIZED_BITS
+
 if TYPE_CHECKING:
     from lightning.fabric.utilities.types import _PATH
 
@@ -127,6 +129,7 @@ class StrategyLike(Protocol):
     """What these helpers read from a strategy: the Trainer glue's or the Fabric glue's."""
 
     compression: str
+    block_size: int
     error_feedback: bool
     comm_hook: CommHook | None
     communicator: CommHook | None
@@ -195,6 +198,8 @@ def algorithm_config(strategy: StrategyLike) -> dict[str, Any]:
     config["compression"] = strategy.compression
     if strategy.compression != "none":  # error_feedback is ignored without compression
         config["error_feedback"] = strategy.error_feedback
+    if strategy.compression in QUANTIZED_BITS:  # and block_size without int8/int4
+        config["block_size"] = strategy.block_size
     hook = strategy.comm_hook
     config["comm_hook"] = None if hook is None else f"{type(hook).__module__}.{type(hook).__qualname__}"
     return config

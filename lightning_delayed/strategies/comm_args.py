@@ -15,8 +15,10 @@ import torch.distributed as dist
 
 from lightning_delayed._compat import collective_timeout, process_group_backend
 from lightning_delayed.comm.communicator import AllReduceHook, CommHook
-from lightning_delayed.comm.compression import CompressedHook, check_compression
+from lightning_delayed.comm.compression import CompressedHook, check_block_size, check_compression
+from lightning_delayed.comm.lowbit import LowBitHook
 from lightning_delayed.comm.process_groups import destroy_comm_group, new_comm_group
+from lightning_delayed.comm.quantized import DEFAULT_BLOCK_SIZE, QUANTIZED_BITS, BlockQuantizer
 from lightning_delayed.core.checks import check_real, positive
 from lightning_delayed.strategies.checks import check_timeout
 
@@ -33,6 +35,7 @@ def check_comm_arguments(
     comm_hook: CommHook | None,
     process_group_backend: str | None,
     timeout: object,
+    block_size: object = DEFAULT_BLOCK_SIZE,
 ) -> None:
     """Raise a ``ValueError``/``TypeError`` for a communication argument ``owner`` (a class name) cannot take."""
     check_real("bucket_cap_mb", bucket_cap_mb, "a number of MiB > 0", positive)
@@ -40,13 +43,14 @@ def check_comm_arguments(
     if not isinstance(check_finite, bool):
         raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
     check_compression(compression)
+    check_block_size(block_size)
     if not isinstance(error_feedback, bool):
         raise ValueError(f"error_feedback must be True or False, got {error_feedback!r}")
     if comm_hook is not None and not isinstance(comm_hook, CommHook):
         raise TypeError(
             f"comm_hook must be a lightning_delayed.CommHook (or None for the default all-reduce), got {comm_hook!r}"
         )
-    if isinstance(comm_hook, CompressedHook) and compression != "none":
+    if isinstance(comm_hook, (CompressedHook, LowBitHook)) and compression != "none":
         raise ValueError(
             f"compression={compression!r} and comm_hook={comm_hook!r} both compress: set compression='none' "
             "or give an uncompressed comm_hook"
@@ -66,10 +70,18 @@ def make_communicator(
     compression: str,
     error_feedback: bool,
     group: dist.ProcessGroup | None,
+    block_size: int = DEFAULT_BLOCK_SIZE,
 ) -> CommHook:
-    """``comm_hook`` (or the default bucketed all-reduce), wrapped for ``compression``, on ``group``."""
+    """``comm_hook`` (or the default bucketed all-reduce), wrapped for ``compression``, on ``group``.
+
+    ``"fp16"``/``"bf16"``: a :class:`CompressedHook` around the hook. ``"int8"``/``"int4"``: a
+    :class:`LowBitHook` with a :class:`BlockQuantizer` of ``block_size``; the hook then carries
+    the one-off full-precision averages (``keys=None``) only.
+    """
     hook = comm_hook if comm_hook is not None else AllReduceHook(bucket_cap_mb, check_finite)
-    if compression != "none":
+    if compression in QUANTIZED_BITS:
+        hook = LowBitHook(BlockQuantizer(QUANTIZED_BITS[compression], block_size), error_feedback, hook, bucket_cap_mb)
+    elif compression != "none":
         hook = CompressedHook(hook, compression, error_feedback)  # type: ignore[arg-type]
     hook.set_group(group)
     return hook

@@ -24,6 +24,7 @@ from lightning_delayed._compat import collective_timeout, replace_sigterm_broadc
 from lightning_delayed.comm import parameter_server as ps
 from lightning_delayed.comm.buckets import DEFAULT_BUCKET_CAP_MB
 from lightning_delayed.comm.compression import Compressor
+from lightning_delayed.comm.quantized import QUANTIZED_BITS
 from lightning_delayed.core.sasgd import SASGDConfig, SASGDWorker
 from lightning_delayed.core.sasgd_server import ParameterServer, ServerScheduler, server_optimizer, server_scheduler
 from lightning_delayed.strategies.base import DelayedStrategy, refuse_grad_scaler
@@ -50,6 +51,7 @@ _KEPT_ARGS = {
     "start_method",
     "check_finite",
     "compression",
+    "block_size",
     "error_feedback",
 }
 
@@ -78,7 +80,9 @@ class SASGDStrategy(DelayedStrategy):
             slow step is not silence (heartbeats run on their own thread).
         check_finite: refuse a pushed gradient with NaN or Inf (the error names the rank).
         compression: ``"fp16"`` / ``"bf16"`` sends the pushed gradients in that dtype, with error feedback
-            (``error_feedback=True``); ``theta`` is pulled at full precision.
+            (``error_feedback=True``); ``theta`` is pulled at full precision. ``"int8"`` / ``"int4"``
+            are refused: their reduce-scatter shape needs a mean computed by all ranks together, and
+            a push to the server is one rank's gradient.
         process_group_backend, timeout, start_method, ...: as for every strategy; the process group
             is used only to start RPC, at checkpoints and at the end.
 
@@ -135,6 +139,15 @@ class SASGDStrategy(DelayedStrategy):
                 f"{type(self).__name__} does not wrap the model in DistributedDataParallel, so {ignored} would be "
                 "ignored; remove them (sasgd's arguments are softsync, staleness_aware, worker_timeout, "
                 "compression, error_feedback and check_finite)"
+            )
+        compression = kwargs.get("compression", "none")
+        if isinstance(compression, str) and compression in QUANTIZED_BITS:
+            raise ValueError(
+                f"{type(self).__name__} does not support compression={compression!r}: the low-bit reduction "
+                "quantizes chunks of a mean that all ranks compute together (a reduce-scatter, then an all-gather), "
+                "and SA-SGD has no such mean: each worker pushes its own gradient to the parameter server, which "
+                "applies it alone. Use compression='fp16' or 'bf16' to shrink the pushed gradients "
+                "(with error feedback)."
             )
         kwargs = {k: v for k, v in kwargs.items() if k in _KEPT_ARGS}
         super().__init__(**kwargs)
