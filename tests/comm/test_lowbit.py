@@ -11,24 +11,10 @@ from lightning_delayed.comm.lowbit import LowBitHook
 from lightning_delayed.comm.quantized import BlockQuantizer, pack_int4, unpack_int4
 from tests.comm.lowbit_worker import SHAPES
 from tests.helpers.launch import run_ranks
+from tests.helpers.reference_lowbit import ref_quantize
 
 KEY_ORDER = [1, 0, 3, 2]
 """The tensors of lowbit_worker.rounds sorted by key ("model/0" .. "model/3")."""
-
-
-def ref_quantize(z: torch.Tensor, bits: int, block: int) -> torch.Tensor:
-    """deq(q(z)) block by block, written out: s = max|z_b| / qmax, n = round-half-even(z / s) clamped, 0 if s = 0."""
-    qmax = 2 ** (bits - 1) - 1
-    out = torch.empty_like(z)
-    for start in range(0, z.numel(), block):
-        zb = z[start : start + block]
-        s = zb.abs().max() / qmax
-        if s == 0:
-            out[start : start + block] = 0.0
-            continue
-        n = torch.round(zb / s).clamp(-qmax, qmax)
-        out[start : start + block] = n * s
-    return out
 
 
 def reference(inputs: list[list[list[torch.Tensor]]], bits: int, block: int, feedback: bool) -> list[torch.Tensor]:

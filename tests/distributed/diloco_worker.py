@@ -88,7 +88,12 @@ def fit(case: dict[str, Any], **trainer_kwargs: Any) -> dict[str, Any]:
     if case["kind"] != "local_sgd":
         thetas = ThetaRecorder()
         callbacks.append(thetas)
-    strategy = CLASSES[case["kind"]](**case.get("args", {}), compression=case.get("compression", "none"))
+    strategy = CLASSES[case["kind"]](
+        **case.get("args", {}),
+        compression=case.get("compression", "none"),
+        block_size=case.get("block_size", 64),
+        error_feedback=case.get("error_feedback", True),
+    )
     ckpt_path = trainer_kwargs.pop("ckpt_path", None)
     callbacks += trainer_kwargs.pop("callbacks", [])
     t = trainer(strategy, max_epochs=case["epochs"], callbacks=callbacks, **trainer_kwargs)
@@ -114,7 +119,15 @@ def exactness(cases: list[dict[str, Any]]) -> list[dict[str, Any]]:
         ours = fit(case, accumulate_grad_batches=accumulate)
         ref_kind, ref_args = case.get("reference", (case["kind"], case.get("args", {})))
         reference_of = reference_averaging if ref_kind == "local_sgd" else reference_diloco
-        extra = {} if ref_kind == "local_sgd" else {"compression": case.get("compression", "none")}
+        extra = (
+            {}
+            if ref_kind == "local_sgd"
+            else {
+                "compression": case.get("compression", "none"),
+                "block_size": case.get("block_size", 64),
+                "error_feedback": case.get("error_feedback", True),
+            }
+        )
         reference = reference_of(
             ref_kind,
             case["opt"],

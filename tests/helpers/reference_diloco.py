@@ -13,6 +13,7 @@ from torch import nn
 
 from tests.helpers.models import RegressionModule, build_optimizer, build_scheduler
 from tests.helpers.reference import assign, backward, batches, compressed_mean, full_state, mean
+from tests.helpers.reference_lowbit import BITS, LowBitReference
 
 DILOCO_DEFAULTS: dict[str, Any] = {
     "sync_every": 50,
@@ -45,8 +46,15 @@ def reference_diloco(
     n_batches: int = 4,
     batchnorm: bool = False,
     compression: str = "none",
+    block_size: int = 64,
+    error_feedback: bool = True,
 ) -> dict[str, Any]:
-    """``diloco`` is ``streaming_diloco`` with one fragment, no delay and no mix, as the docs say."""
+    """``diloco`` is ``streaming_diloco`` with one fragment, no delay and no mix, as the docs say.
+
+    ``compression="int8"``/``"int4"``: the low-bit mean of :mod:`tests.helpers.reference_lowbit`,
+    buffers averaged apart from the pseudo-gradients (as ``streaming_diloco`` does; ``diloco``
+    launches them together, so compare it without float buffers).
+    """
     if kind == "diloco":
         a = {**DILOCO_DEFAULTS, **args, "num_fragments": 1, "delay": 0, "alpha": 0.0, "fragments": "strided"}
     else:
@@ -64,9 +72,13 @@ def reference_diloco(
     velocity: list[torch.Tensor | None] = [None] * len(params)  # the outer SGD's momentum buffers
     residuals = [torch.zeros_like(t) for t in [*params, *floats]]  # error feedback per "model/<i>"
 
+    lowbit = LowBitReference(BITS[compression], block_size, error_feedback) if compression in BITS else None
+
     def average(tensors: list[torch.Tensor], slots: list[int], stream: bool) -> list[torch.Tensor]:
         if compression == "none" or not stream:
             return mean(tensors)
+        if lowbit is not None:
+            return lowbit.mean(tensors, [f"model/{i}" for i in slots])
         mine = [residuals[i] for i in slots]
         out = compressed_mean(tensors, mine, compression)
         for i, r in zip(slots, mine, strict=True):

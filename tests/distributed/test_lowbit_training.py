@@ -1,0 +1,132 @@
+"""``compression="int8"`` / ``"int4"`` at the strategy level, on 2 real gloo ranks.
+
+DiLoCo and Streaming DiLoCo against the plain-loop reference of their rule with the low-bit mean
+written out (tests/helpers/reference_diloco.py + reference_lowbit.py); the bytes on the wire are
+the low-bit ones; a checkpoint resume carries both residuals and continues bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from tests.distributed.test_diloco import ADAMW_STEPLR, OUTER, SGD_MOMENTUM, STREAM, assert_close_lists
+from tests.helpers.launch import run_ranks
+from tests.helpers.reference_lowbit import BITS, lowbit_wire_bytes
+
+
+def _case(name: str, kind: str, args: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"name": name, "kind": kind, "opt": SGD_MOMENTUM, "epochs": 2, "args": args, **extra}
+
+
+CASES: list[dict[str, Any]] = [
+    _case("diloco-int8", "diloco", {"sync_every": 2, **OUTER}, compression="int8"),
+    # blocks of 5: several blocks per chunk and a short last one (chunks of 27 and 26 elements)
+    _case("diloco-int4-block5", "diloco", {"sync_every": 2, **OUTER}, compression="int4", block_size=5),
+    _case(
+        "diloco-int8-no-feedback",
+        "diloco",
+        {"sync_every": 2, **OUTER},
+        compression="int8",
+        block_size=4,
+        error_feedback=False,
+    ),
+    _case("streaming-int4-bn", "streaming_diloco", STREAM, compression="int4", block_size=8, batchnorm=True),
+]
+NAMES = [c["name"] for c in CASES]
+NUM_PARAMS = 53  # RegressionModule without BatchNorm: float64 elements of the one bucket
+
+
+@pytest.fixture(scope="module")
+def results() -> list[list[dict[str, Any]]]:
+    return run_ranks("tests.distributed.diloco_worker:exactness", cases=CASES, timeout=300)
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=NAMES)
+def test_matches_the_reference_with_the_low_bit_mean(results: list[list[dict[str, Any]]], index: int) -> None:
+    for rank, rank_results in enumerate(results):
+        ours, ref = rank_results[index]["ours"], rank_results[index]["reference"]
+        assert len(ours["local"]) == len(ref["local"]) > 0
+        for k, (a, b) in enumerate(zip(ours["local"], ref["local"], strict=True)):
+            assert_close_lists(a, b, f"rank {rank} params+buffers after step {k}")
+        assert_close_lists(ours["final"], ref["final"], f"rank {rank} final params+buffers")
+
+
+@pytest.mark.parametrize("index", range(len(CASES)), ids=NAMES)
+def test_theta_and_the_end_are_the_same_on_both_ranks(results: list[list[dict[str, Any]]], index: int) -> None:
+    r0, r1 = (r[index]["ours"] for r in results)
+    assert all(torch.equal(a, b) for a, b in zip(r0["final"], r1["final"], strict=True))
+    for t0, t1 in zip(r0["theta"], r1["theta"], strict=True):
+        assert all(torch.equal(a, b) for a, b in zip(t0, t1, strict=True))
+    assert any(
+        not torch.equal(a, b)
+        for s0, s1 in zip(r0["local"], r1["local"], strict=True)
+        for a, b in zip(s0, s1, strict=True)
+    )
+
+
+@pytest.mark.parametrize("index", [0, 1, 2], ids=NAMES[:3])
+def test_the_wire_carries_the_low_bit_bytes(results: list[list[dict[str, Any]]], index: int) -> None:
+    case = CASES[index]
+    bits, block = BITS[case["compression"]], case.get("block_size", 64)
+    for rank, rank_results in enumerate(results):
+        sent = lowbit_wire_bytes(NUM_PARAMS, 2, rank, bits, block, scale_bytes=8)
+        assert sent < NUM_PARAMS * 8 / 2, "less than half of what float64 all-reduce sends"
+        assert rank_results[index]["ours"]["bytes"] == [0, sent] * 4, f"rank {rank}"
+
+
+def test_the_low_bit_mean_is_not_the_exact_one(results: list[list[dict[str, Any]]]) -> None:
+    """The reference would also match a full-precision run if the compression did nothing: it does something."""
+    int8, int4 = results[0][0]["ours"]["final"], results[0][1]["ours"]["final"]
+    assert any(not torch.equal(a, b) for a, b in zip(int8, int4, strict=True))
+
+
+RESUME_CASES = [
+    # H = 4: synchronisations after steps 4, 8, 12; the checkpoint at step 6 holds the residuals of step 4.
+    {
+        "kind": "diloco",
+        "opt": ADAMW_STEPLR,
+        "epochs": 3,
+        "args": {"sync_every": 4, **OUTER},
+        "batchnorm": True,
+        "resumable": True,
+        "compression": "int8",
+        "block_size": 16,
+    },
+    {
+        "kind": "streaming_diloco",
+        "opt": SGD_MOMENTUM,
+        "epochs": 3,
+        "args": STREAM,
+        "resumable": True,
+        "compression": "int4",
+        "block_size": 8,
+    },
+]
+SAVE_STEP = 6
+
+
+def test_resume_restores_both_residuals_and_continues_bit_for_bit(tmp_path: Any) -> None:
+    out = run_ranks(
+        "tests.distributed.diloco_worker:resume", cases=RESUME_CASES, tmp=str(tmp_path), save_step=SAVE_STEP
+    )
+    for i, case in enumerate(RESUME_CASES):
+        for rank, res in enumerate(out):
+            straight, resumed = res[i]["straight"], res[i]["resumed"]
+            assert len(resumed["local"]) == len(straight["local"]) - SAVE_STEP
+            for k, (a, b) in enumerate(zip(resumed["local"], straight["local"][SAVE_STEP:], strict=True)):
+                assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True)), f"{case['kind']} rank {rank} {k}"
+            assert all(torch.equal(x, y) for x, y in zip(resumed["final"], straight["final"], strict=True))
+        state = out[0][i]["checkpoint"]["lightning_delayed"]
+        assert state["config"]["compression"] == case["compression"]
+        assert state["config"]["block_size"] == case["block_size"]
+        comm = state["comm_states"]
+        assert len(comm) == 2
+        for c in comm:
+            assert c["residuals"] and c["owner_residuals"], "both residuals are in every rank's checkpoint"
+        assert sorted(comm[0]["residuals"]) == sorted(comm[1]["residuals"])
+        assert any(
+            not torch.equal(comm[0]["residuals"][k], comm[1]["residuals"][k]) for k in comm[0]["residuals"]
+        ), "each rank saves its own residuals"
