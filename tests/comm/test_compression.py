@@ -129,8 +129,12 @@ def test_compressed_hook_weighted_and_one_off_averages() -> None:
 
 
 def test_compression_arguments_are_checked() -> None:
-    with pytest.raises(ValueError, match=r"compression must be one of \('none', 'fp16', 'bf16'\), got 'fp8'"):
+    with pytest.raises(
+        ValueError, match=r"compression must be one of \('none', 'fp16', 'bf16', 'int8', 'int4'\), got 'fp8'"
+    ):
         check_compression("fp8")
+    with pytest.raises(ValueError, match=r"compression must be one of \('fp16', 'bf16'\), got 'int8'"):
+        CompressedHook(compression="int8")  # type: ignore[arg-type]  # the casts only: int8 is LowBitHook's
     with pytest.raises(ValueError, match=r"compression must be one of \('fp16', 'bf16'\), got 'none'"):
         CompressedHook(compression="none")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="error_feedback must be True or False, got 1"):

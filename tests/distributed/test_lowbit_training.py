@@ -127,6 +127,6 @@ def test_resume_restores_both_residuals_and_continues_bit_for_bit(tmp_path: Any)
         for c in comm:
             assert c["residuals"] and c["owner_residuals"], "both residuals are in every rank's checkpoint"
         assert sorted(comm[0]["residuals"]) == sorted(comm[1]["residuals"])
-        assert any(
-            not torch.equal(comm[0]["residuals"][k], comm[1]["residuals"][k]) for k in comm[0]["residuals"]
-        ), "each rank saves its own residuals"
+        assert any(not torch.equal(comm[0]["residuals"][k], comm[1]["residuals"][k]) for k in comm[0]["residuals"]), (
+            "each rank saves its own residuals"
+        )

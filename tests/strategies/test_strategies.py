@@ -60,7 +60,7 @@ def test_odsgd_arguments_reach_the_config() -> None:
             r"process_group_backend='mpi'.*gloo",
         ),
         (lambda: ODSGDStrategy(ddp_comm_hook=print), ValueError, r"does not accept \['ddp_comm_hook'\].*comm_hook="),
-        (lambda: SSGDStrategy(compression="fp8"), ValueError, r"compression must be one of .*'bf16'\), got 'fp8'"),
+        (lambda: SSGDStrategy(compression="fp8"), ValueError, r"compression must be one of .*'int4'\), got 'fp8'"),
         (lambda: LocalSGDStrategy(error_feedback="no"), ValueError, r"error_feedback must be True or False, got 'no'"),
         (lambda: ODSGDStrategy(comm_hook=print), TypeError, r"comm_hook must be a lightning_delayed\.CommHook"),
         (
