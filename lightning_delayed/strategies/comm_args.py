@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch.distributed as dist
+from lightning.fabric.utilities import rank_zero_warn
 
 from lightning_delayed._compat import collective_timeout, process_group_backend
 from lightning_delayed.comm.communicator import AllReduceHook, CommHook
@@ -44,6 +45,11 @@ def check_comm_arguments(
         raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
     check_compression(compression)
     check_block_size(block_size)
+    if block_size != DEFAULT_BLOCK_SIZE and compression not in QUANTIZED_BITS:
+        rank_zero_warn(
+            f"{owner}: block_size={block_size} is ignored with compression={compression!r}; it sets the scale "
+            "blocks of compression='int8'/'int4' only"
+        )
     if not isinstance(error_feedback, bool):
         raise ValueError(f"error_feedback must be True or False, got {error_feedback!r}")
     if comm_hook is not None and not isinstance(comm_hook, CommHook):

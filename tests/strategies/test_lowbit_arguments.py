@@ -96,7 +96,15 @@ def test_ssgd_with_low_bit_uses_the_package_hook_not_ddps_all_reduce() -> None:
 def test_sasgd_refuses_low_bit_with_the_reason_and_the_fix(cls: type, compression: str) -> None:
     with pytest.raises(ValueError, match=rf"does not support compression='{compression}': .*reduce-scatter.*'fp16'"):
         cls(compression=compression)
-    assert cls(compression="bf16", block_size=8).compression == "bf16"  # block_size alone is harmless there
+    with pytest.warns(UserWarning, match=r"block_size=8 is ignored with compression='bf16'"):
+        assert cls(compression="bf16", block_size=8).compression == "bf16"  # legal but pointless: a warning
+
+
+def test_a_block_size_without_low_bit_warns_that_it_is_ignored() -> None:
+    with pytest.warns(UserWarning, match=r"DiLoCoStrategy: block_size=32 is ignored with compression='none'"):
+        DiLoCoStrategy(block_size=32)
+    with pytest.warns(UserWarning, match=r"block_size=8 is ignored with compression='fp16'"):
+        DelayedFabricStrategy("dasgd", compression="fp16", block_size=8)
 
 
 def test_a_low_bit_hook_and_a_low_bit_compression_both_compress() -> None:
@@ -106,8 +114,10 @@ def test_a_low_bit_hook_and_a_low_bit_compression_both_compress() -> None:
 
 def test_block_size_is_part_of_the_saved_config_only_with_low_bit() -> None:
     assert algorithm_config(DaSGDStrategy(compression="int4", block_size=32))["block_size"] == 32
-    assert "block_size" not in algorithm_config(DaSGDStrategy(compression="fp16", block_size=32))
-    assert "block_size" not in algorithm_config(DaSGDStrategy(block_size=32))
+    with pytest.warns(UserWarning, match="is ignored"):
+        assert "block_size" not in algorithm_config(DaSGDStrategy(compression="fp16", block_size=32))
+    with pytest.warns(UserWarning, match="is ignored"):
+        assert "block_size" not in algorithm_config(DaSGDStrategy(block_size=32))
 
 
 @pytest.fixture(scope="module")
