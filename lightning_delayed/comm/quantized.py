@@ -21,8 +21,13 @@ byte each for int8; two per byte for int4, ``n + 8`` in each nibble, low nibble 
 scale per block, in the compute dtype (float32, or float64 for float64 tensors). ``decode`` is
 ``n * s``. A zero block has scale 0 and decodes to 0: nothing divides by zero.
 
-Writing your own compressor takes three methods; ``examples/topk_compression.py`` is top-k
-sparsification with error feedback in a few dozen lines.
+:class:`ChunkCompressor` is the base class to subclass for a low-bit or sparse compressor of your
+own (exported as ``lightning_delayed.ChunkCompressor``); hand it to the reduction with
+``comm_hook=LowBitHook(MyCompressor())``. Writing one takes three methods;
+``examples/topk_compression.py`` is top-k sparsification with error feedback in a few dozen lines.
+(:class:`~lightning_delayed.comm.compression.Compressor`, the older name, is something else: the
+fp16/bf16 cast of ``compression="fp16"``/``"bf16"``, which needs no chunks since a sum of casts
+can be all-reduced in the wire dtype.)
 """
 
 from __future__ import annotations

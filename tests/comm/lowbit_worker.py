@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -10,18 +12,38 @@ import torch.distributed as dist
 from lightning_delayed.comm import stats as comm_stats
 from lightning_delayed.comm.buckets import NonFiniteReductionError
 from lightning_delayed.comm.lowbit import LowBitHook
-from lightning_delayed.comm.quantized import BlockQuantizer
+from lightning_delayed.comm.quantized import BlockQuantizer, ChunkCompressor
 
 SHAPES = [(7, 5), (3,), (1,), (130,)]
 """Sizes that divide neither into blocks nor into 2 or 3 ranks (146 elements)."""
 
 
-def rounds(bits: int, block_size: int, dtype: str, steps: int = 3, error_feedback: bool = True) -> dict[str, Any]:
-    """``steps`` keyed averages through a :class:`LowBitHook`: what went in, what came out, the bytes."""
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def rounds(
+    bits: int,
+    block_size: int,
+    dtype: str,
+    steps: int = 3,
+    error_feedback: bool = True,
+    topk: float | None = None,
+) -> dict[str, Any]:
+    """``steps`` keyed averages through a :class:`LowBitHook`: what went in, what came out, the bytes.
+
+    ``topk``: the example's top-k compressor (examples/topk_compression.py) keeping that fraction,
+    instead of a :class:`BlockQuantizer` of ``bits`` / ``block_size``.
+    """
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch_dtype = getattr(torch, dtype)
-    hook = LowBitHook(BlockQuantizer(bits, block_size), error_feedback=error_feedback)
+    compressor: ChunkCompressor = BlockQuantizer(bits, block_size)
+    if topk is not None:
+        sys.path.insert(0, str(EXAMPLES))  # as a user running the example's directory
+        from topk_compression import TopK
+
+        compressor = TopK(topk)
+    hook = LowBitHook(compressor, error_feedback=error_feedback)
     hook.set_group(dist.group.WORLD)
     keys = ["model/1", "model/0", "model/3", "model/2"]  # not sorted: the hook sorts them
     out: list[dict[str, Any]] = []
@@ -36,7 +58,8 @@ def rounds(bits: int, block_size: int, dtype: str, steps: int = 3, error_feedbac
             t.add_(1000.0)
         mean = pending.wait()
         sent = comm_stats.comm_stats().snapshot() - before
-        out.append({"inputs": inputs, "mean": mean, "bytes": sent.bytes_sent})
+        residuals = {k: v.clone() for k, v in hook.residuals.items()}
+        out.append({"inputs": inputs, "mean": mean, "bytes": sent.bytes_sent, "residuals": residuals})
     state = hook.state_dict()
     nan_error = None
     bad = [torch.ones(s, dtype=torch_dtype) for s in SHAPES]

@@ -11,7 +11,7 @@ from lightning_delayed.comm.lowbit import LowBitHook
 from lightning_delayed.comm.quantized import BlockQuantizer, pack_int4, unpack_int4
 from tests.comm.lowbit_worker import SHAPES
 from tests.helpers.launch import run_ranks
-from tests.helpers.reference_lowbit import ref_quantize
+from tests.helpers.reference_lowbit import ref_quantize, reference_rounds
 
 KEY_ORDER = [1, 0, 3, 2]
 """The tensors of lowbit_worker.rounds sorted by key ("model/0" .. "model/3")."""
@@ -19,34 +19,7 @@ KEY_ORDER = [1, 0, 3, 2]
 
 def reference(inputs: list[list[list[torch.Tensor]]], bits: int, block: int, feedback: bool) -> list[torch.Tensor]:
     """inputs[step][rank] -> the flat mean of every step, with both residuals carried by hand."""
-    ranks = len(inputs[0])
-    e: list[torch.Tensor | None] = [None] * ranks
-    f: list[torch.Tensor | None] = [None] * ranks
-    means = []
-    for step in inputs:
-        sent = []
-        for r, tensors in enumerate(step):
-            wide = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
-            v = torch.cat([tensors[i].reshape(-1).to(wide) for i in KEY_ORDER])
-            u = v if e[r] is None else v + e[r]
-            chunks = [ref_quantize(c, bits, block) for c in torch.tensor_split(u, ranks)]
-            sent.append(chunks)
-            if feedback:
-                e[r] = u - torch.cat(chunks)
-        owned = []
-        for j in range(ranks):
-            acc = sent[0][j]
-            for r in range(1, ranks):
-                acc = acc + sent[r][j]
-            m = acc / ranks
-            if f[j] is not None:
-                m = m + f[j]
-            q = ref_quantize(m, bits, block)
-            if feedback:
-                f[j] = m - q
-            owned.append(q)
-        means.append(torch.cat(owned))
-    return means
+    return reference_rounds(inputs, KEY_ORDER, lambda z: ref_quantize(z, bits, block), feedback)["means"]
 
 
 def wire_formula(ranks: int, numel: int, bits: int, block: int, scale_bytes: int) -> float:

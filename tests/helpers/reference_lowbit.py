@@ -7,6 +7,9 @@ the rule, with the residuals carried by hand.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
@@ -27,6 +30,51 @@ def ref_quantize(z: torch.Tensor, bits: int, block: int) -> torch.Tensor:
         n = torch.round(zb / s).clamp(-qmax, qmax)
         out[start : start + block] = n * s
     return out
+
+
+def reference_rounds(
+    inputs: list[list[list[torch.Tensor]]],
+    key_order: list[int],
+    roundtrip: Callable[[torch.Tensor], torch.Tensor],
+    feedback: bool,
+) -> dict[str, Any]:
+    """The rule over rounds, from every rank's inputs: ``inputs[step][rank]`` is that rank's tensors.
+
+    ``roundtrip(z)`` is ``deq(q(z))`` of one chunk. Returns ``means`` (the flat mean of every
+    step), ``sent[step][rank]`` (the flat ``deq(q(u_j))`` of that rank's chunks) and
+    ``meant[step][rank]`` (its ``u = v + e``), all in the sorted-key order ``key_order``.
+    """
+    ranks = len(inputs[0])
+    e: list[torch.Tensor | None] = [None] * ranks
+    f: list[torch.Tensor | None] = [None] * ranks
+    means, sent_log, meant_log = [], [], []
+    for step in inputs:
+        sent, meant = [], []
+        for r, tensors in enumerate(step):
+            wide = torch.float64 if tensors[0].dtype == torch.float64 else torch.float32
+            v = torch.cat([tensors[i].reshape(-1).to(wide) for i in key_order])
+            u = v if e[r] is None else v + e[r]
+            chunks = [roundtrip(c) for c in torch.tensor_split(u, ranks)]
+            sent.append(chunks)
+            meant.append(u)
+            if feedback:
+                e[r] = u - torch.cat(chunks)
+        owned = []
+        for j in range(ranks):
+            acc = sent[0][j]
+            for r in range(1, ranks):
+                acc = acc + sent[r][j]
+            m = acc / ranks
+            if f[j] is not None:
+                m = m + f[j]
+            q = roundtrip(m)
+            if feedback:
+                f[j] = m - q
+            owned.append(q)
+        means.append(torch.cat(owned))
+        sent_log.append([torch.cat(chunks) for chunks in sent])
+        meant_log.append(meant)
+    return {"means": means, "sent": sent_log, "meant": meant_log}
 
 
 class LowBitReference:
