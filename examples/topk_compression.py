@@ -6,8 +6,10 @@ sends them as ``k`` int32 indices and ``k`` values; the rest is dropped. Put it 
 chunk to its owner, has the owner average and compress its chunk of the mean again, and gathers
 those back (docs/algorithms/index.md, "Low-bit reductions"). The hook's error feedback makes the
 dropped entries count later: each rank keeps ``u - decode(encode(u))`` and adds it to its next
-send, so over the rounds what a rank sends adds up to what it meant to send (SparseLoCo, Sarfi et
-al. 2025, also quantizes the kept values; here they travel in float32/float64)::
+send, so over the rounds what a rank sends adds up to what it meant to send. (SparseLoCo, Sarfi et
+al. 2025, also quantizes the kept values, and all-gathers every worker's sparse update where this
+hook has each chunk's owner sparsify its chunk of the mean again; here the values travel in
+float32/float64.)::
 
     from lightning_delayed import DiLoCoStrategy, LowBitHook
     from topk_compression import TopK

@@ -52,6 +52,8 @@ def fit(case: dict[str, Any], group_size: int | None, **trainer_kwargs: Any) -> 
     args = dict(case.get("args", {}))
     if case.get("compression"):
         args["compression"] = case["compression"]
+    if case.get("block_size"):
+        args["block_size"] = case["block_size"]
     if group_size is not None:
         args["group_size"] = group_size
     strategy = CLASSES[case["kind"]](**args)

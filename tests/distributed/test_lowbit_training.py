@@ -130,3 +130,31 @@ def test_resume_restores_both_residuals_and_continues_bit_for_bit(tmp_path: Any)
         assert any(not torch.equal(comm[0]["residuals"][k], comm[1]["residuals"][k]) for k in comm[0]["residuals"]), (
             "each rank saves its own residuals"
         )
+
+
+GROUP_CASES = [
+    {"kind": "diloco", "opt": SGD_MOMENTUM, "epochs": 2, "args": {"sync_every": 2}, "perturb": True, **low}
+    for low in ({"compression": "int8"}, {"compression": "int4", "block_size": 4})
+]
+
+
+def test_worker_groups_average_at_full_precision_inside_and_low_bit_between() -> None:
+    """4 ranks as 2 workers x 2: DDP's float64 all-reduce inside a worker, the int8/int4 wire between workers."""
+    out = run_ranks("tests.distributed.groups_worker:exactness", world_size=4, cases=GROUP_CASES, group_size=2)
+    for index, case in enumerate(GROUP_CASES):
+        local = [per_rank[index]["ours"]["local"] for per_rank in out]
+        for k in range(len(local[0])):
+            for first, second in ((0, 1), (2, 3)):
+                assert all(torch.equal(a, b) for a, b in zip(local[first][k], local[second][k], strict=True))
+        assert any(not torch.equal(a, b) for a, b in zip(local[0][0], local[2][0], strict=True))
+        finals = [per_rank[index]["ours"]["final"] for per_rank in out]
+        assert all(torch.equal(a, b) for rank in (1, 2, 3) for a, b in zip(finals[0], finals[rank], strict=True))
+        # Every step DDP's gradient all-reduce over the worker (53 float64: 424 bytes); every 2nd step also the
+        # low-bit average of this rank's 27-element shard with the other worker's rank at the same position
+        # (2 ranks in that cross group), then the float64 all-gather of the shards inside the worker (28 * 8).
+        bits, block = BITS[case["compression"]], case.get("block_size", 64)
+        for rank, per_rank in enumerate(out):
+            cross = lowbit_wire_bytes(27, 2, rank // 2, bits, block, scale_bytes=8)
+            expected = [424 + (cross + 224 if (k + 1) % 2 == 0 else 0) for k in range(8)]
+            assert per_rank[index]["ours"]["bytes"] == expected, f"{case['compression']} rank {rank}"
+            assert not per_rank[index]["ours"]["groups_after_teardown"]
