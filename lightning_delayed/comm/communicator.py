@@ -14,7 +14,9 @@ gives the averages back. Both families use it:
 
 :class:`AllReduceHook` is the default: bucketed ``all_reduce(async_op=True)`` of private copies.
 :class:`~lightning_delayed.comm.compression.CompressedHook` wraps any hook with fp16/bf16 wire
-compression and error feedback. A custom hook subclasses :class:`CommHook` (or wraps another one);
+compression and error feedback; :class:`~lightning_delayed.comm.lowbit.LowBitHook` averages
+int8/int4 (or any :class:`~lightning_delayed.comm.quantized.ChunkCompressor`'s) chunks through a
+reduce-scatter and an all-gather. A custom hook subclasses :class:`CommHook` (or wraps another one);
 give it typed ``__init__`` arguments and LightningCLI can build it from ``class_path``/``init_args``.
 """
 

@@ -15,11 +15,12 @@ never reset. After the optimizer step of every step with :math:`(k + 1) \bmod H 
     x &\leftarrow \theta, \qquad \text{float buffers} \leftarrow \mathrm{mean}(\text{float buffers})
 
 The pseudo-gradient and the float buffers travel in one launch with keys ``"model/<i>"``, so a
-compressing hook sends them in fp16/bf16 with error feedback. End of training: if the number of
-steps is not a multiple of :math:`H`, one more such synchronisation, as a one-off (full-precision)
-average. Validation and checkpoints see :math:`\theta` with the float buffers averaged. With
-``outer_lr=1`` and ``outer_momentum=0`` this is ``local_sgd`` with ``sync_every=H`` (up to float
-rounding: :math:`\theta - \mathrm{mean}(\theta - x)` instead of :math:`\mathrm{mean}(x)`).
+compressing hook sends them in fp16/bf16, or int8/int4 in one low-bit bucket, with error
+feedback. End of training: if the number of steps is not a multiple of :math:`H`, one more such
+synchronisation, as a one-off (full-precision) average. Validation and checkpoints see
+:math:`\theta` with the float buffers averaged. With ``outer_lr=1`` and ``outer_momentum=0`` this
+is ``local_sgd`` with ``sync_every=H`` (up to float rounding:
+:math:`\theta - \mathrm{mean}(\theta - x)` instead of :math:`\mathrm{mean}(x)`).
 See ``docs/algorithms/diloco.md``.
 """
 

@@ -12,8 +12,9 @@ Shared by all four (:class:`AveragingStrategy`):
 * the final synchronous average (end of ``fit``) and the validation consensus are uniform means;
 * the averages go through the strategy's :attr:`~lightning_delayed.strategies.base.DelayedStrategy.communicator`
   (``comm_hook``, ``compression``). With compression the rule's averages (keys ``"model/<i>"``)
-  are sent in fp16/bf16 with error feedback; the final average and the validation consensus are
-  one-off averages and stay at full precision, so the final model is an exact mean.
+  are sent in fp16/bf16, or through the int8/int4 reduce-scatter, with error feedback; the final
+  average and the validation consensus are one-off averages and stay at full precision, so the
+  final model is an exact mean.
 """
 
 from __future__ import annotations

@@ -63,8 +63,9 @@ class ODSGDStrategy(DelayedStrategy):
           applies the delayed *global* mean of all gradients), so it has no per-worker model to
           average hierarchically; a worker-level variant would be a different algorithm.
         * The checkpoint's ``state_dict`` is ``W``; each rank's ``w`` is in the algorithm state.
-        * With ``compression``, the gradient means (warm-up and delayed) are of the compressed
-          gradients, with error feedback per parameter; the local step uses the exact own gradient.
+        * With ``compression`` (fp16/bf16, or int8/int4), the gradient means (warm-up and delayed)
+          are of the compressed gradients, with error feedback per parameter; the local step uses
+          the exact own gradient.
     """
 
     strategy_name = "odsgd"

@@ -31,8 +31,10 @@ class SSGDStrategy(DelayedStrategy):
     the fastest synchronous baseline. With ``comm_hook`` or ``compression`` set, the package's
     :class:`~lightning_delayed.comm.hooks.DDPGradientHook` launches each bucket's mean through
     that communicator during backward and the step waits for it right after backward; with
-    ``compression="fp16"``/``"bf16"`` this is compressed SGD *with* error feedback (per parameter,
-    in checkpoints), unlike torch's ``fp16_compress_hook``/``bf16_compress_hook``, which have none.
+    ``compression="fp16"``/``"bf16"`` (or ``"int8"``/``"int4"``, the low-bit reduce-scatter of
+    :class:`~lightning_delayed.comm.lowbit.LowBitHook`) this is compressed SGD *with* error
+    feedback (per parameter, in checkpoints), unlike torch's ``fp16_compress_hook``/``bf16_compress_hook``,
+    which have none.
     Accepts every :class:`DelayedStrategy` argument. With ``check_finite`` (the default), DDP's
     average is checked for NaN/Inf after backward; a peer lost during DDP's own collectives (the
     gradient all-reduce, the buffer broadcast) raises :class:`~lightning_delayed.CommunicationError`.
