@@ -158,3 +158,94 @@ def test_worker_groups_average_at_full_precision_inside_and_low_bit_between() ->
             expected = [424 + (cross + 224 if (k + 1) % 2 == 0 else 0) for k in range(8)]
             assert per_rank[index]["ours"]["bytes"] == expected, f"{case['compression']} rank {rank}"
             assert not per_rank[index]["ours"]["groups_after_teardown"]
+
+
+ODSGD_CASES = [
+    {"name": "odsgd-int8", "opt": SGD_MOMENTUM, "epochs": 2, "args": {"warmup_steps": 2}, "compression": "int8"},
+    {
+        "name": "odsgd-int4-dc-block8",
+        "opt": SGD_MOMENTUM,
+        "epochs": 2,
+        "args": {"dc_lambda": 0.3, "local_lr": 0.02},
+        "compression": "int4",
+        "block_size": 8,
+    },
+]
+AVERAGING_CASES = [
+    {
+        "name": "dasgd-int8",
+        "kind": "dasgd",
+        "opt": SGD_MOMENTUM,
+        "epochs": 2,
+        "args": {"sync_every": 2, "delay": 1},
+        "compression": "int8",
+    },
+    {
+        "name": "local_sgd-int4-block8",
+        "kind": "local_sgd",
+        "opt": SGD_MOMENTUM,
+        "epochs": 2,
+        "args": {"sync_every": 2},
+        "compression": "int4",
+        "block_size": 8,
+    },
+    {
+        "name": "overlap_local_sgd-int8-momentum",
+        "kind": "overlap_local_sgd",
+        "opt": SGD_MOMENTUM,
+        "epochs": 2,
+        "args": {"sync_every": 2, "outer_momentum": 0.7},
+        "compression": "int8",
+        "block_size": 16,
+    },
+]
+
+
+@pytest.fixture(scope="module")
+def other_results() -> list[dict[str, list[Any]]]:
+    return run_ranks(
+        "tests.distributed.lowbit_training_worker:cases",
+        odsgd_cases=ODSGD_CASES,
+        averaging_cases=AVERAGING_CASES,
+        timeout=300,
+    )
+
+
+@pytest.mark.parametrize("index", range(len(ODSGD_CASES)), ids=[c["name"] for c in ODSGD_CASES])
+def test_odsgd_with_low_bit_gradients_matches_the_reference(
+    other_results: list[dict[str, list[Any]]], index: int
+) -> None:
+    for rank, per_rank in enumerate(other_results):
+        ours, ref = per_rank["odsgd"][index]["ours"], per_rank["odsgd"][index]["reference"]
+        assert len(ours["local"]) == len(ref["local"]) == 8
+        for k, (a, b) in enumerate(zip(ours["local"], ref["local"], strict=True)):
+            assert_close_lists(a, b, f"rank {rank} local w after step {k}")
+        for k, (a, b) in enumerate(zip(ours["global"], ref["global"], strict=True)):
+            assert (a is None) == (b is None), f"rank {rank} step {k}"
+            if b is not None:
+                assert_close_lists(a, b, f"rank {rank} global W after step {k}")
+        assert_close_lists(ours["final"], ref["final"], f"rank {rank} final")
+    r0, r1 = (per_rank["odsgd"][index]["ours"] for per_rank in other_results)
+    assert all(torch.equal(a, b) for a, b in zip(r0["final"], r1["final"], strict=True))
+    for w0, w1 in zip(r0["global"], r1["global"], strict=True):  # W, the global model, is one on every rank
+        assert (w0 is None and w1 is None) or all(torch.equal(a, b) for a, b in zip(w0, w1, strict=True))
+    case = ODSGD_CASES[index]
+    bits, block = BITS[case["compression"]], case.get("block_size", 64)
+    for rank, per_rank in enumerate(other_results):
+        # one low-bit gradient mean per step, warm-up or delayed (the model fits in one DDP bucket)
+        assert per_rank["odsgd"][index]["ours"]["bytes"] == 8 * lowbit_wire_bytes(NUM_PARAMS, 2, rank, bits, block, 8)
+
+
+@pytest.mark.parametrize("index", range(len(AVERAGING_CASES)), ids=[c["name"] for c in AVERAGING_CASES])
+def test_averaging_with_low_bit_models_matches_the_reference(
+    other_results: list[dict[str, list[Any]]], index: int
+) -> None:
+    for rank, per_rank in enumerate(other_results):
+        ours, ref = per_rank["averaging"][index]["ours"], per_rank["averaging"][index]["reference"]
+        assert len(ours["local"]) == len(ref["local"]) == 8
+        for k, (a, b) in enumerate(zip(ours["local"], ref["local"], strict=True)):
+            assert_close_lists(a, b, f"rank {rank} params+buffers after step {k}")
+        assert_close_lists(ours["final"], ref["final"], f"rank {rank} final")
+    r0, r1 = (per_rank["averaging"][index]["ours"] for per_rank in other_results)
+    assert all(torch.equal(a, b) for a, b in zip(r0["final"], r1["final"], strict=True))
+    assert any(not torch.equal(a, b) for a, b in zip(r0["local"][0], r1["local"][0], strict=True))

@@ -14,6 +14,7 @@ import torch.distributed as dist
 from torch import nn
 
 from tests.helpers.models import RegressionModule, build_optimizer, build_scheduler, make_data, rank
+from tests.helpers.reference_lowbit import LowBitReference
 
 
 def mean(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -62,7 +63,13 @@ def reference_odsgd(
     accumulate: int = 1,
     n_batches: int = 4,
     max_steps: int | None = None,
+    lowbit: LowBitReference | None = None,
 ) -> dict[str, Any]:
+    """``lowbit``: the gradient means (warm-up and delayed) are that low-bit mean, keys ``"grad/<i>"``."""
+
+    def grad_mean(g: list[torch.Tensor]) -> list[torch.Tensor]:
+        return mean(g) if lowbit is None else lowbit.mean(g, [f"grad/{i}" for i in range(len(g))])
+
     module = RegressionModule(n_batches=n_batches, opt=opt)
     params = list(module.parameters())
     optimizer = build_optimizer(params, opt)
@@ -75,13 +82,13 @@ def reference_odsgd(
             break
         g = backward(module, micro)
         if k < warmup_steps:
-            for p, gb in zip(params, mean(g), strict=True):
+            for p, gb in zip(params, grad_mean(g), strict=True):
                 p.grad = gb
             optimizer.step()
         else:
             if big_w is None:
                 big_w = [p.detach().clone() for p in params]
-            launched = mean(g)
+            launched = grad_mean(g)
             updated = pending is not None
             if updated:
                 w_prev = [t.clone() for t in big_w]
@@ -160,8 +167,13 @@ def reference_averaging(
     n_batches: int = 4,
     batchnorm: bool = False,
     batch_sizes: list[int] | None = None,
+    lowbit: LowBitReference | None = None,
 ) -> dict[str, Any]:
-    """Local SGD, DaSGD, CoCoD-SGD and Overlap Local-SGD as docs/algorithms/<name>.md write them, blocking."""
+    """Local SGD, DaSGD, CoCoD-SGD and Overlap Local-SGD as docs/algorithms/<name>.md write them, blocking.
+
+    ``lowbit``: the rule's (uniform) averages are that low-bit mean, keys ``"model/<i>"``; the final
+    average stays exact (a one-off average).
+    """
     a = {**AVERAGING_DEFAULTS[kind], "average_buffers": True, **args}
     tau = a["sync_every"]
     delay = tau if kind == "cocodsgd" else a.get("delay", 1)
@@ -170,6 +182,14 @@ def reference_averaging(
     optimizer = build_optimizer(list(module.parameters()), opt)
     scheduler = build_scheduler(optimizer, opt)
     x = model_tensors(module, a["average_buffers"])
+    keys = [f"model/{i}" for i in range(len(x))]
+
+    def rule_mean(tensors: list[torch.Tensor], weight: float | None = None) -> list[torch.Tensor]:
+        if lowbit is None:
+            return weighted_mean(tensors, weight)
+        assert weight is None, "the low-bit reference averages uniformly"
+        return lowbit.mean(tensors, keys)
+
     pending: list[torch.Tensor] | None = None  # the average launched at launch_step (already computed)
     launch_step = -1
     snapshot: list[torch.Tensor] = []
@@ -183,7 +203,7 @@ def reference_averaging(
         sync = (k + 1) % tau == 0
         if kind == "local_sgd":
             if sync:
-                assign(x, mean([t.detach().clone() for t in x]))
+                assign(x, rule_mean([t.detach().clone() for t in x]))
         elif kind in ("dasgd", "cocodsgd"):
             if pending is not None and launch_step == k - delay:
                 assign(x, [c + (xi.detach() - s) for c, xi, s in zip(pending, x, snapshot, strict=True)])
@@ -191,7 +211,7 @@ def reference_averaging(
             if sync:
                 snapshot = [t.detach().clone() for t in x]
                 weight = float(samples) if a["weighting"] == "samples" else None
-                pending = weighted_mean([t.detach().clone() for t in x], weight)
+                pending = rule_mean([t.detach().clone() for t in x], weight)
                 launch_step, samples = k, 0
         elif sync:  # overlap_local_sgd
             alpha, beta = a["alpha"], a["outer_momentum"]
@@ -206,7 +226,7 @@ def reference_averaging(
                     send = [t.detach().clone() for t in x]
             else:
                 send = [t.detach().clone() for t in x]
-            pending = mean(send)
+            pending = rule_mean(send)
         if scheduler is not None:
             scheduler.step()
         hist.append(full_state(module))
