@@ -13,6 +13,7 @@ from lightning_delayed.fabric import DelayedFabricStrategy
 from tests.helpers.models import build_net, build_optimizer, make_data, rank, world_size
 from tests.helpers.reference import full_state, reference_averaging, reference_odsgd
 from tests.helpers.reference_diloco import reference_diloco
+from tests.helpers.reference_lowbit import BITS, LowBitReference
 
 BATCH = 8
 
@@ -104,4 +105,24 @@ def setup_warnings(kinds: list[str]) -> dict[str, Any]:
         ddp = model._forward_module
         out[kind] = {"warnings": [str(w.message) for w in caught], "forward_sync_buffers": ddp.forward_sync_buffers}
         fabric.strategy.teardown()
+    return out
+
+
+def lowbit(cases: list[dict[str, Any]], tmp: str, save_step: int) -> list[dict[str, Any]]:
+    """Per int8/int4 case: the run vs the reference with the low-bit mean, and a save/resume vs the whole run."""
+    out = []
+    for i, case in enumerate(cases):
+        low = {"compression": case["compression"], "block_size": case["block_size"]}
+        args = case.get("args", {})
+        with_low = {**case, "args": {**args, **low}}
+        path = f"{tmp}/fabric-lowbit-{i}.ckpt"
+        whole = fit(with_low, save=(save_step, path))
+        resumed = fit(with_low, resume_from=path)
+        if case["kind"] == "diloco":
+            ref = reference_diloco("diloco", case["opt"], case["epochs"], args, **low)
+        else:
+            lowbit_mean = LowBitReference(BITS[case["compression"]], case["block_size"])
+            ref = reference_averaging(case["kind"], case["opt"], case["epochs"], args, lowbit=lowbit_mean)
+        out.append({"whole": whole, "resumed": resumed, "reference": ref})
+        torch.distributed.barrier()
     return out

@@ -151,3 +151,39 @@ def test_averaging_family_sets_ddp_buffer_sync_without_the_deprecated_argument()
             caught = result[kind]["warnings"]
             assert not [w for w in caught if "broadcast_buffers" in w], f"rank {rank}, {kind}: {caught}"
             assert result[kind]["forward_sync_buffers"] is False, f"rank {rank}, {kind}: DDP syncs buffers"
+
+
+LOWBIT_CASES = [
+    {
+        "kind": "diloco",
+        "args": {"sync_every": 3},
+        "opt": SGD_MOMENTUM,
+        "epochs": 2,
+        "compression": "int8",
+        "block_size": 16,
+    },
+    {
+        "kind": "dasgd",
+        "args": {"sync_every": 2, "delay": 1},
+        "opt": SGD_MOMENTUM,
+        "epochs": 2,
+        "compression": "int4",
+        "block_size": 8,
+    },
+]
+
+
+def test_low_bit_behind_fabric_follows_the_rule_and_resumes(tmp_path: Path) -> None:
+    """int8/int4 behind Fabric: the reference with the low-bit mean, and a resume that restores both residuals."""
+    results = run_ranks("tests.fabric.fabric_worker:lowbit", cases=LOWBIT_CASES, tmp=str(tmp_path), save_step=4)
+    for i, case in enumerate(LOWBIT_CASES):
+        for rank, rank_results in enumerate(results):
+            whole, resumed, ref = (rank_results[i][k] for k in ("whole", "resumed", "reference"))
+            for k, (a, b) in enumerate(zip(whole["local"], ref["local"], strict=True)):
+                assert_close_lists(a, b, f"{case['kind']} rank {rank} step {k} vs the reference")
+            assert_close_lists(whole["final"], ref["final"], f"{case['kind']} rank {rank} final vs the reference")
+            assert len(resumed["local"]) == len(whole["local"]) - 4 > 0
+            for k, (a, b) in enumerate(zip(resumed["local"], whole["local"][4:], strict=True)):
+                assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True)), f"{case['kind']} rank {rank} {k}"
+        finals = [r[i]["whole"]["final"] for r in results]
+        assert all(torch.equal(a, b) for a, b in zip(*finals, strict=True))
