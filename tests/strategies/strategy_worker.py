@@ -13,6 +13,7 @@ import torch
 from lightning_delayed import SSGDStrategy
 from tests.helpers.models import Recorder, RegressionModule, params_of, trainer
 from tests.helpers.reference import backward, batches, compressed_mean, mean
+from tests.helpers.reference_lowbit import BITS, LowBitReference
 
 
 def ssgd_exactness(opt: dict[str, Any], epochs: int, compression: str = "none") -> dict[str, Any]:
@@ -23,10 +24,14 @@ def ssgd_exactness(opt: dict[str, Any], epochs: int, compression: str = "none") 
     ref = RegressionModule(opt=opt)
     optimizer = ref.configure_optimizers()
     residuals = [torch.zeros_like(p) for p in ref.parameters()]
+    lowbit = LowBitReference(BITS[compression], 64) if compression in BITS else None
     history = []
     for micro in batches(ref, epochs, 1):
         g = backward(ref, micro)
-        averaged = mean(g) if compression == "none" else compressed_mean(g, residuals, compression)
+        if lowbit is not None:
+            averaged = lowbit.mean(g, [f"grad/{i}" for i in range(len(g))])
+        else:
+            averaged = mean(g) if compression == "none" else compressed_mean(g, residuals, compression)
         for p, gb in zip(ref.parameters(), averaged, strict=True):
             p.grad = gb
         optimizer.step()

@@ -152,7 +152,7 @@ def test_hook_is_attached_and_called_on_cpu() -> None:
     assert strategy.algorithm is not None and strategy.algorithm.step == 3
 
 
-@pytest.mark.parametrize("compression", ["none", "fp16"])
+@pytest.mark.parametrize("compression", ["none", "fp16", "int8", "int4"])
 def test_ssgd_matches_plain_synchronous_sgd(compression: str) -> None:
     results = run_ranks(
         "tests.strategies.strategy_worker:ssgd_exactness",
