@@ -75,6 +75,8 @@ class DelayedStrategy(DDPStrategy):
         bucket_cap_mb: cap of each communication bucket in MiB (DDP's default, 25); also the cap of
             the default :class:`~lightning_delayed.comm.communicator.AllReduceHook`.
         check_finite: raise a clear error when an averaged tensor contains NaN or Inf (default hook).
+            With ``"int8"`` / ``"int4"`` NaN or Inf is always refused, before anything is sent: no
+            scale can carry it.
         compression: wire format of everything the algorithm communicates: ``"none"`` (default,
             exact), ``"fp16"`` or ``"bf16"`` (half the bytes; see
             :mod:`lightning_delayed.comm.compression`; wraps ``comm_hook`` or the default hook), or
