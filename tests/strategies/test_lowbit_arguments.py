@@ -150,3 +150,14 @@ def test_resume_with_the_same_low_bit_setting_goes_on(int8_checkpoint: Path) -> 
     trainer(strategy, devices=1, max_steps=4).fit(RegressionModule(), ckpt_path=str(int8_checkpoint))
     assert strategy.algorithm is not None and strategy.algorithm.step == 4
     assert isinstance(strategy.communicator, LowBitHook) and strategy.communicator.residuals
+
+
+def test_a_compressor_of_ones_own_trains_as_comm_hook(monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/topk_compression.py behind a strategy (in-process: tests/comm leaves no process group behind)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "examples"))
+    from topk_compression import TopK
+
+    hook = LowBitHook(TopK(0.1))
+    strategy = DiLoCoStrategy(sync_every=2, comm_hook=hook)
+    trainer(strategy, devices=1, max_steps=4).fit(RegressionModule())
+    assert strategy.communicator is hook and sorted(hook.residuals) == [f"model/{i}" for i in range(4)]
