@@ -37,6 +37,7 @@ from lightning_delayed.comm.hooks import DDPGradientHook
 from lightning_delayed.comm.process_groups import init_elastic_default_group
 from lightning_delayed.core.base import DelayedAlgorithm
 from lightning_delayed.strategies import checkpoint as ckpt
+from lightning_delayed.strategies.callbacks import refuse_weight_averaging
 from lightning_delayed.strategies.checks import refuse_on_every_rank, refuse_unknown_keywords
 from lightning_delayed.strategies.comm_args import (
     SUPPORTED_BACKENDS,
@@ -88,6 +89,9 @@ class DelayedStrategy(DDPStrategy):
 
     strategy_name: ClassVar[str] = ""
     """Name in Lightning's strategy registry (``<name>``, ``<name>_spawn``, ``<name>_notebook``)."""
+    module_holds_consensus: ClassVar[bool] = False
+    """Whether the module holds the same weights on every rank after every step (weight-averaging
+    callbacks are refused otherwise: :mod:`lightning_delayed.strategies.callbacks`)."""
 
     def __init__(
         self,
@@ -254,6 +258,7 @@ class DelayedStrategy(DDPStrategy):
                 "or use strategy='ddp' for manual optimization."
             )
         self.validate_trainer(trainer)
+        refuse_weight_averaging(self, trainer)
         self.communicator = self.build_communicator()
 
     def trainable_params(self) -> list[Tensor]:

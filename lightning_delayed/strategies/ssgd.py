@@ -41,6 +41,7 @@ class SSGDStrategy(DelayedStrategy):
     """
 
     strategy_name = "ssgd"
+    module_holds_consensus = True  # the same mean gradient on every rank: SWA and EMA work as under DDP
 
     def __init__(self, **kwargs: Any) -> None:
         refuse_group_size(
