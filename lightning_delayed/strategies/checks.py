@@ -22,6 +22,8 @@ import torch.distributed as dist
 from lightning.pytorch.strategies import DDPStrategy
 from torch.nn.parallel import DistributedDataParallel
 
+from lightning_delayed.comm.buckets import communication_errors
+
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
@@ -121,7 +123,8 @@ def refuse_on_every_rank(check: Callable[[], None], what: str) -> None:
         return
     mine = None if error is None else (type(error).__module__, type(error).__qualname__, str(error))
     outcomes: list[tuple[str, str, str] | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(outcomes, mine)
+    with communication_errors(f"{what} checks' outcomes", operation="all-gather"):
+        dist.all_gather_object(outcomes, mine)
     refused = [(rank, o) for rank, o in enumerate(outcomes) if o is not None]
     if not refused:
         return
