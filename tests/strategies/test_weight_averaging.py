@@ -87,3 +87,20 @@ def test_weight_averaging_on_two_ranks_ssgd_equals_ddp_and_diloco_is_refused_on_
     assert _equal(runs[0]["ssgd"], runs[1]["ssgd"])
     for run in runs:
         assert _equal(run["ssgd"], run["ddp"])
+
+
+def test_save_weights_only_saves_the_consensus_like_a_full_checkpoint(tmp_path: Any) -> None:
+    """ModelCheckpoint(save_weights_only=True) mid-round holds what a full checkpoint holds: the consensus."""
+    runs = run_ranks("tests.strategies.weight_averaging_worker:weights_only_checkpoints", tmp=str(tmp_path))
+    run = runs[0]
+    for name, saved in run.items():
+        assert not saved["has_optimizer_states"], name
+        assert saved["weights_only"].keys() == saved["full"].keys(), name
+        for key, tensor in saved["weights_only"].items():
+            assert torch.equal(tensor, saved["full"][key]), f"{name}: {key}"
+    # Mid-round (step 3 of H = 4) the ranks' own weights differ, and the file holds neither rank's.
+    for name in ("local_sgd", "diloco"):
+        own = [r[name]["local"] for r in runs]
+        key = next(iter(own[0]))
+        assert not torch.equal(own[0][key], own[1][key]), name
+        assert not torch.equal(run[name]["weights_only"][key], own[0][key]), name
