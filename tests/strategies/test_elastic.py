@@ -1,4 +1,5 @@
-"""An elastic torchrun job on two emulated nodes loses one for good and continues at size 1.
+"""An elastic torchrun job on two emulated nodes loses one for good and continues at size 1; a node
+that joins later grows it back to 2.
 
 Two elastic agents (``--nnodes=1:2 --nproc-per-node=1``, c10d rendezvous on this machine) each
 emulate a node with its own snapshot directory. Node B kills its agent and itself before step 7
@@ -29,14 +30,14 @@ KILL_AT, SNAPSHOT_EVERY, MAX_STEPS = 7, 3, 12
 BOUND_S = 240.0
 
 
-def _agent(port: int, out: Path, node: str) -> subprocess.Popen[str]:
+def _agent(port: int, out: Path, node: str, *extra: str) -> subprocess.Popen[str]:
     env = child_env(OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nnodes=1:2", "--nproc-per-node=1",
         "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=elastic-test",
         "--rdzv-conf=last_call_timeout=10", "--max-restarts=2", "--monitor-interval=0.5",
-        str(SCRIPT), str(out), node, str(KILL_AT),
+        str(SCRIPT), str(out), node, str(KILL_AT), *extra,
     ]  # fmt: skip
     log = open(out / f"agent{node}.log", "w")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
@@ -99,3 +100,59 @@ def test_a_lost_node_for_good_the_survivor_resumes_from_the_snapshot_at_size_1(t
         assert torch.equal(entry["momentum_buffer"], inner[key]["momentum_buffer"]), f"inner state {key}"
     final = torch.load(tmp_path / "finalA.pt", weights_only=True)
     assert all(torch.isfinite(p).all() for p in final)
+
+
+WAIT_AT = 10  # the survivor, alone, stops before step 10 until the new node's rendezvous restarts it
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[str], seconds: float, logs: Path) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert proc.poll() is None and time.monotonic() < deadline, (logs / "agentA.log").read_text()[-6000:]
+        time.sleep(0.2)  # a bounded readiness poll on a file the job writes, not a race fix
+
+
+@pytest.mark.timeout(int(BOUND_S) * 2)
+def test_a_node_started_again_grows_the_job_back_from_the_snapshot(tmp_path: Path) -> None:
+    port = free_port()
+    a = _agent(port, tmp_path, "A", str(WAIT_AT))
+    procs = [a]
+    try:
+        _wait_for_port = time.monotonic() + 60
+        while not _listening(port):
+            assert a.poll() is None and time.monotonic() < _wait_for_port, (tmp_path / "agentA.log").read_text()
+            time.sleep(0.2)  # a bounded readiness poll (A's rendezvous store must listen), not a race fix
+        procs.append(_agent(port, tmp_path, "B"))
+        _wait_for(tmp_path / "aloneA", a, BOUND_S, tmp_path)  # B is gone and A runs alone
+        procs.append(_agent(port, tmp_path, "C"))  # a new node, with an empty snapshot directory
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            a.wait(timeout=BOUND_S)
+        logs = "\n".join(f"--- {p.name}\n{p.read_text()[-6000:]}" for p in sorted(tmp_path.glob("agent*.log")))
+        assert a.returncode == 0, f"agent A did not finish ({a.returncode})\n{logs}"
+        procs[2].wait(timeout=60)
+        assert procs[2].returncode == 0, f"agent C did not finish\n{logs}"
+    finally:
+        for proc in procs:
+            _stop(proc)
+    attempts_a = [line.split(":") for line in (tmp_path / "attemptsA.txt").read_text().split()]
+    attempts_c = [line.split(":") for line in (tmp_path / "attemptsC.txt").read_text().split()]
+    assert [w for _, w, _ in attempts_a][:2] == ["2", "1"], attempts_a
+    grown = attempts_a[-1]
+    assert grown[1] == "2", f"the job never grew back to 2 nodes: {attempts_a}"
+    alone_at = int((tmp_path / "aloneA").read_text())
+    k = int(grown[2])
+    assert k == SNAPSHOT_EVERY * (alone_at // SNAPSHOT_EVERY), f"grew back from step {k}, not the newest snapshot"
+    assert attempts_c == [[attempts_c[0][0], "2", str(k)]], f"node C did not start from step {k}: {attempts_c}"
+    # Node C got the committed snapshot from A (it had none) and both started from its theta (1 -> 2 ranks).
+    assert (tmp_path / "nodeC" / f"step-{k}.ok").exists()
+    theta = torch.load(tmp_path / "nodeA" / f"step-{k}.ckpt", weights_only=False)["lightning_delayed"]["state"]
+    starts = [
+        torch.load(tmp_path / f"start{node}_{restart}.pt", weights_only=False)
+        for node, restart in (("A", grown[0]), ("C", attempts_c[0][0]))
+    ]
+    for start in starts:
+        for x, saved in zip(start["x"], theta["global_params"], strict=True):
+            assert torch.equal(x, saved), "a rank of the grown job did not start from the saved theta"
+    final_a = torch.load(tmp_path / "finalA.pt", weights_only=True)
+    final_c = torch.load(tmp_path / "finalC.pt", weights_only=True)
+    assert all(torch.equal(x, y) for x, y in zip(final_a, final_c, strict=True)), "the ranks end fit unequal"
