@@ -30,15 +30,17 @@ KILL_AT, SNAPSHOT_EVERY, MAX_STEPS = 7, 3, 12
 BOUND_S = 240.0
 
 
-def _agent(port: int, out: Path, node: str, *extra: str, fresh_store: bool = False) -> subprocess.Popen[str]:
-    env = child_env(OMP_NUM_THREADS="1")
+def _agent(
+    port: int, out: Path, node: str, *extra: str, fresh_store: bool = False, nnodes: str = "1:2", **env_extra: str
+) -> subprocess.Popen[str]:
+    env = child_env(OMP_NUM_THREADS="1", **env_extra)
     if fresh_store:
         # A node that joins a running job needs a store of each round's own (docs/elastic.md): with the
         # agent's shared store, torch 2.14's rank 0 does not publish the new round's MASTER_ADDR again.
         env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes=1:2", "--nproc-per-node=1",
+        sys.executable, "-m", "torch.distributed.run", f"--nnodes={nnodes}", "--nproc-per-node=1",
         "--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=elastic-test",
         "--rdzv-conf=last_call_timeout=10", "--max-restarts=2", "--monitor-interval=0.5",
         str(SCRIPT), str(out), node, str(KILL_AT), *extra,
@@ -160,3 +162,51 @@ def test_a_node_started_again_grows_the_job_back_from_the_snapshot(tmp_path: Pat
     final_a = torch.load(tmp_path / "finalA.pt", weights_only=True)
     final_c = torch.load(tmp_path / "finalC.pt", weights_only=True)
     assert all(torch.equal(x, y) for x, y in zip(final_a, final_c, strict=True)), "the ranks end fit unequal"
+
+
+@pytest.mark.timeout(int(BOUND_S) + 60)
+def test_one_of_three_killed_during_a_fragment_sync_the_two_resume_by_the_rule(tmp_path: Path) -> None:
+    """streaming_diloco (H = 4, 2 fragments, delay 1) on 3 nodes; B dies inside step 8, so the survivors'
+    fragment launched in that step fails in flight. A and C resume at size 2 from step 6, whose snapshot
+    holds a fragment in flight: dropped; x = theta; new rank r' takes saved rank r' mod 3's inner state."""
+    port = free_port()
+    env = {"LD_ELASTIC_STRATEGY": "streaming_diloco", "LD_ELASTIC_KILL_IN_STEP": "1"}
+    a = _agent(port, tmp_path, "A", nnodes="2:3", **env)
+    procs = [a]
+    try:
+        deadline = time.monotonic() + 60
+        while not _listening(port):
+            assert a.poll() is None and time.monotonic() < deadline, (tmp_path / "agentA.log").read_text()
+            time.sleep(0.2)  # a bounded readiness poll (A's rendezvous store must listen), not a race fix
+        procs += [_agent(port, tmp_path, node, nnodes="2:3", **env) for node in ("B", "C")]
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            a.wait(timeout=BOUND_S)
+            procs[2].wait(timeout=60)
+        logs = "\n".join(f"--- {p.name}\n{p.read_text()[-6000:]}" for p in sorted(tmp_path.glob("agent*.log")))
+        assert a.returncode == 0 and procs[2].returncode == 0, f"a surviving agent did not finish\n{logs}"
+        for node in ("A", "C"):  # what ended the first attempt: the fragment's average in flight
+            log = (tmp_path / f"agent{node}.log").read_text()
+            assert "CommunicationError: the all-reduce of the pseudo-gradients failed" in log, logs
+    finally:
+        for proc in procs:
+            _stop(proc)
+    k = SNAPSHOT_EVERY * (KILL_AT // SNAPSHOT_EVERY)
+    for node in ("A", "C"):
+        attempts = (tmp_path / f"attempts{node}.txt").read_text().split()
+        assert attempts == ["0:3:0", f"1:2:{k}"], f"node {node}: {attempts}"
+    assert (tmp_path / "attemptsB.txt").read_text().split() == ["0:3:0"]
+    saved = torch.load(tmp_path / "nodeA" / f"step-{k}.ckpt", weights_only=False)["lightning_delayed"]
+    assert saved["world_size"] == 3 and saved["state"]["step"] == k
+    assert saved["state"]["pending"], "the snapshot must hold a fragment in flight"
+    theta = saved["state"]["global_params"]
+    for node in ("A", "C"):
+        start = torch.load(tmp_path / f"start{node}_1.pt", weights_only=False)
+        assert start["pending"] == 0, f"node {node}: the fragment in flight must be dropped"
+        for i, (x, t) in enumerate(zip(start["x"], theta, strict=True)):
+            assert torch.equal(x, t) and torch.equal(start["theta"][i], t), f"node {node}: parameter {i} is not theta"
+        inner = saved["local_states"][start["rank"] % 3]["optimizer"]["state"]
+        for key, entry in start["optimizer"]["state"].items():
+            assert torch.equal(entry["momentum_buffer"], inner[key]["momentum_buffer"]), f"node {node}: {key}"
+    final_a = torch.load(tmp_path / "finalA.pt", weights_only=True)
+    final_c = torch.load(tmp_path / "finalC.pt", weights_only=True)
+    assert all(torch.equal(x, y) and torch.isfinite(x).all() for x, y in zip(final_a, final_c, strict=True))
