@@ -6,7 +6,7 @@ KILL_AT [WAIT_AT]`` (one agent per emulated node). Trains ``diloco`` (H = 4) for
 snapshot kept for the test to read). In the first attempt, node ``B`` kills its own elastic agent
 and then itself before optimizer step ``KILL_AT``: the node is gone for good. Each attempt appends
 ``<restart count>:<world size>:<first step>`` to ``OUT/attempts<NODE>.txt`` and saves what it starts
-from (x, theta, the inner optimizer state) to ``OUT/start<NODE>_<restart count>.pt``; the survivor
+from (x, theta, the inner optimizer state) to ``OUT/start<NODE>_<restart>_<world>_<step>.pt``; the survivor
 saves its final weights to ``OUT/final<NODE>.pt``. With ``WAIT_AT`` (the grow-back test), a node
 running alone stops before optimizer step ``WAIT_AT`` until its agent restarts it for the node that
 joins (bounded: it fails after ``JOIN_BOUND_S``). ``LD_ELASTIC_STRATEGY=streaming_diloco`` trains
@@ -68,7 +68,10 @@ class _Record(L.Callback):
                 "optimizer": copy.deepcopy(trainer.optimizers[0].state_dict()),
                 "rank": trainer.global_rank,
             }
-            torch.save(start, self.out / f"start{self.node}_{self.restart}.pt")
+            # One file per attempt line: a restart for a joining node keeps the restart count.
+            torch.save(
+                start, self.out / f"start{self.node}_{self.restart}_{trainer.world_size}_{trainer.global_step}.pt"
+            )
         if self.restart == "0" and self.node == "B" and trainer.global_step == self.kill_at and not KILL_IN_STEP:
             _die()
         if self.wait_at is not None and trainer.world_size == 1 and trainer.global_step == self.wait_at:
