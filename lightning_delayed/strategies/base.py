@@ -32,7 +32,7 @@ from torch.nn.parallel import DistributedDataParallel
 from typing_extensions import override
 
 from lightning_delayed._compat import collective_timeout, process_group_backend
-from lightning_delayed.comm.buckets import DEFAULT_BUCKET_CAP_MB
+from lightning_delayed.comm.buckets import DEFAULT_BUCKET_CAP_MB, communication_errors
 from lightning_delayed.comm.communicator import CommHook  # noqa: TC001 (LightningCLI reads the annotations)
 from lightning_delayed.comm.compression import Compression  # noqa: TC001 (as above)
 from lightning_delayed.comm.hooks import DDPGradientHook
@@ -40,6 +40,7 @@ from lightning_delayed.comm.process_groups import init_elastic_default_group
 from lightning_delayed.comm.quantized import DEFAULT_BLOCK_SIZE
 from lightning_delayed.core.base import DelayedAlgorithm
 from lightning_delayed.strategies import checkpoint as ckpt
+from lightning_delayed.strategies.callbacks import refuse_weight_averaging
 from lightning_delayed.strategies.checks import refuse_on_every_rank, refuse_unknown_keywords
 from lightning_delayed.strategies.comm_args import (
     SUPPORTED_BACKENDS,
@@ -99,6 +100,9 @@ class DelayedStrategy(DDPStrategy):
 
     strategy_name: ClassVar[str] = ""
     """Name in Lightning's strategy registry (``<name>``, ``<name>_spawn``, ``<name>_notebook``)."""
+    module_holds_consensus: ClassVar[bool] = False
+    """Whether the module holds the same weights on every rank after every step (weight-averaging
+    callbacks are refused otherwise: :mod:`lightning_delayed.strategies.callbacks`)."""
 
     def __init__(
         self,
@@ -269,6 +273,7 @@ class DelayedStrategy(DDPStrategy):
                 "or use strategy='ddp' for manual optimization."
             )
         self.validate_trainer(trainer)
+        refuse_weight_averaging(self, trainer)
         self.communicator = self.build_communicator()
 
     def trainable_params(self) -> list[Tensor]:
@@ -349,6 +354,34 @@ class DelayedStrategy(DDPStrategy):
         self._exit_consensus()
         super().on_validation_end()
 
+    # ------------------------------------------------------------------ Lightning's collectives
+    # Lightning calls these on the default group: ModelCheckpoint's file-exists check and
+    # EarlyStopping (reduce_boolean_decision -> reduce), self.log(sync_dist=True) (reduce),
+    # self.all_gather, the trainer's barriers and broadcasts. A peer that died turns them into
+    # gloo's or NCCL's raw error; each is raised as the same CommunicationError as the
+    # algorithm's own collectives, naming the collective (docs/index.md, "Faults").
+
+    @override
+    def barrier(self, name: str | None = None) -> None:
+        with communication_errors(f"ranks at Lightning's barrier {name or ''}".rstrip(), operation="barrier"):
+            super().barrier(name)
+
+    @override
+    def broadcast(self, obj: Any, src: int = 0) -> Any:
+        with communication_errors(f"object from rank {src} (Lightning's strategy.broadcast)", operation="broadcast"):
+            return super().broadcast(obj, src)
+
+    @override
+    def reduce(self, tensor: Any, group: Any | None = None, reduce_op: Any | None = "mean") -> Any:
+        what = "tensor of Lightning's strategy.reduce (self.log(sync_dist=True), ModelCheckpoint, EarlyStopping)"
+        with communication_errors(what):
+            return super().reduce(tensor, group=group, reduce_op=reduce_op)
+
+    @override
+    def all_gather(self, tensor: Tensor, group: Any | None = None, sync_grads: bool = False) -> Tensor:
+        with communication_errors("tensor of Lightning's strategy.all_gather", operation="all-gather"):
+            return super().all_gather(tensor, group=group, sync_grads=sync_grads)
+
     # ------------------------------------------------------------------ checkpoints
 
     @override
@@ -363,7 +396,8 @@ class DelayedStrategy(DDPStrategy):
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: _PATH, storage_options: Any | None = None) -> None:
         # Called on every rank (Trainer.save_checkpoint), so the gather below is a matched collective.
         if self.algorithm is not None:
-            checkpoint[CHECKPOINT_KEY] = self._algorithm_checkpoint()
+            with communication_errors("algorithm state of every rank, for the checkpoint", operation="gather"):
+                checkpoint[CHECKPOINT_KEY] = self._algorithm_checkpoint()
             if self.is_global_zero:  # the rank that writes the file
                 checkpoint[CHECKPOINT_KEY][ckpt.CHECKSUM_KEY] = ckpt.checksum(checkpoint, CHECKPOINT_KEY)
         # Also a matched collective: every rank refuses together, before anything is written.

@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from lightning_delayed.comm.buckets import all_finite
+from lightning_delayed.comm.buckets import all_finite, communication_errors
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -79,7 +79,8 @@ def refuse_non_finite_checkpoint(
     bad = non_finite_entries(checkpoint_tensors(checkpoint, param_names, algorithm_key)) if rank == 0 else []
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         verdict: list[Any] = [bad]
-        dist.broadcast_object_list(verdict, src=0)
+        with communication_errors("checkpoint's finiteness verdict from rank 0", operation="broadcast"):
+            dist.broadcast_object_list(verdict, src=0)
         bad = verdict[0]
     if bad:
         named = ", ".join(bad[:MAX_NAMED]) + (f" and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else "")

@@ -39,10 +39,12 @@ class SSGDStrategy(DelayedStrategy):
     average is checked for NaN/Inf after backward; a peer lost during DDP's own collectives (the
     gradient all-reduce, the buffer broadcast) raises :class:`~lightning_delayed.CommunicationError`.
     ``group_size`` other than 1 is refused: every rank already averages every gradient every step,
-    which is what a single worker of all ranks (``group_size`` = N in an averaging strategy) does.
+    which is what ``local_sgd`` with a single worker of all ranks (``group_size`` = N) does
+    (docs/scaling.md, "One worker of every rank").
     """
 
     strategy_name = "ssgd"
+    module_holds_consensus = True  # the same mean gradient on every rank: SWA and EMA work as under DDP
 
     def __init__(self, **kwargs: Any) -> None:
         refuse_group_size(

@@ -127,14 +127,6 @@ def exactness(cases: list[dict[str, Any]], group_size: int) -> list[dict[str, An
     return out
 
 
-def same_as_ssgd(case: dict[str, Any]) -> dict[str, Any]:
-    """One worker of all ranks (G = N) against ssgd, step by step."""
-    return {
-        "grouped": fit(case, group_size=dist.get_world_size() if dist.is_initialized() else 2),
-        "ssgd": fit({**case, "kind": "ssgd", "args": {}}, None),
-    }
-
-
 def resume(case: dict[str, Any], group_size: int, tmp: str, save_step: int) -> dict[str, Any]:
     """Uninterrupted vs (checkpoint at ``save_step``, resume); then resuming with another group_size is refused."""
     path = str(Path(tmp) / "grouped.ckpt")
@@ -153,3 +145,10 @@ def resume(case: dict[str, Any], group_size: int, tmp: str, save_step: int) -> d
         "refusal": refusal,
         "saved_group_size": saved["lightning_delayed"]["group_size"],
     }
+
+
+def one_worker_of_every_rank(cases: list[dict[str, Any]]) -> dict[str, Any]:
+    """G = N for each of ``cases``, and ssgd on the same data: the weights after every step."""
+    group_size = dist.get_world_size() if dist.is_initialized() else 2
+    ssgd = fit({**cases[0], "kind": "ssgd", "args": {}}, None)["local"]
+    return {"ssgd": ssgd, "grouped": [fit(case, group_size=group_size)["local"] for case in cases]}
