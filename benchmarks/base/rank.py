@@ -58,6 +58,12 @@ def add_worker_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--reps", type=int, default=3, help="worker allreduce: timed repetitions")
     g.add_argument("--result", help="worker: result prefix; rank r writes <result>.rank<r>.json")
     g.add_argument(
+        "--accelerator",
+        choices=ACCELERATORS,
+        default="cpu",
+        help="cpu (gloo; emulated links as root) or gpu (one CUDA device per rank, NCCL, no link emulation)",
+    )
+    g.add_argument(
         "--cpu-split",
         action="store_true",
         help="worker throughput: CPU seconds per step of the main thread, gloo's threads and the rest "
@@ -81,6 +87,38 @@ def rank_and_world() -> tuple[int, int]:
     world = env_int("WORLD_SIZE")
     rank = env_int("RANK", env_int("NODE_RANK", 0) * env_int("LOCAL_WORLD_SIZE", 1) + env_int("LOCAL_RANK", 0))
     return rank, world
+
+
+ACCELERATOR_ENV = "LD_BENCH_ACCELERATOR"
+"""The ranks' accelerator, ``cpu`` (default) or ``gpu``: set by the runner (``--accelerator``) for every rank."""
+ACCELERATORS = ("cpu", "gpu")
+
+
+def accelerator() -> str:
+    """``cpu`` or ``gpu``, from :data:`ACCELERATOR_ENV` (unset: ``cpu``)."""
+    value = os.environ.get(ACCELERATOR_ENV) or "cpu"
+    if value not in ACCELERATORS:
+        raise ValueError(f"environment variable {ACCELERATOR_ENV} must be one of {ACCELERATORS}, got {value!r}")
+    return value
+
+
+def backend() -> str:
+    """The process group's backend for this rank's accelerator: NCCL on GPUs, gloo on CPUs."""
+    return "nccl" if accelerator() == "gpu" else "gloo"
+
+
+def gpu_problem(world: int) -> str | None:
+    """Why ``world`` ranks cannot each have a CUDA device with NCCL here, or None if they can."""
+    import torch
+    import torch.distributed as dist
+
+    if not torch.cuda.is_available():
+        return "no CUDA device here (torch.cuda.is_available() is False)"
+    if torch.cuda.device_count() < world:
+        return f"{world} ranks need {world} CUDA devices, one per rank; found {torch.cuda.device_count()}"
+    if not dist.is_nccl_available():
+        return "this torch has no NCCL"
+    return None
 
 
 def tx_bytes() -> int | None:
@@ -123,14 +161,16 @@ def task_allreduce(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
 
-    dist.init_process_group("gloo")
+    dist.init_process_group(backend())
     nbytes = args.nbytes or resnet18_grad_bytes()
-    buf = torch.ones(nbytes // 4)
+    buf = torch.ones(nbytes // 4, device="cuda" if accelerator() == "gpu" else "cpu")
     dist.all_reduce(buf)  # connect and warm up
     dist.barrier()
     tx0, t0 = tx_bytes(), time.perf_counter()
     for _ in range(args.reps):
         dist.all_reduce(buf)
+    if buf.is_cuda:  # NCCL returns before the GPU is done
+        torch.cuda.synchronize()
     seconds = (time.perf_counter() - t0) / args.reps
     tx1 = tx_bytes()
     return {
@@ -216,7 +256,7 @@ def _trainer_topology() -> dict[str, int]:
 
 
 def bench_trainer(strategy: Any, **overrides: Any) -> pl.Trainer:
-    """A Trainer for one benchmark fit: CPU, the topology from the environment, nothing but the fit.
+    """A Trainer for one benchmark fit: the rank's accelerator, the topology from the environment, nothing but the fit.
 
     No logger, checkpoints, progress bar, model summary, sanity check or validation, and no
     distributed sampler (each rank makes its own batches). ``overrides`` replace or add Trainer
@@ -226,7 +266,7 @@ def bench_trainer(strategy: Any, **overrides: Any) -> pl.Trainer:
     import lightning.pytorch as pl
 
     kwargs: dict[str, Any] = {
-        "accelerator": "cpu",
+        "accelerator": accelerator(),  # on GPUs each rank sees its one device (CUDA_VISIBLE_DEVICES)
         "strategy": strategy,
         "logger": False,
         "enable_checkpointing": False,
@@ -412,6 +452,8 @@ def run_worker(args: argparse.Namespace) -> None:
 
     if not args.task or not args.result:
         raise ValueError("--worker needs --task and --result")
+    if getattr(args, "accelerator", "cpu") == "gpu":  # a worker started by hand: tell bench_trainer
+        os.environ[ACCELERATOR_ENV] = "gpu"
     if args.task not in ("allreduce", "contention") and not args.strategy:
         raise ValueError(f"--task {args.task} needs --strategy")
     if args.warmup < 1 or args.steps < 1:

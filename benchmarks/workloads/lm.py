@@ -46,13 +46,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.base import netns
+from benchmarks.base.phase import Phase
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
 
     from benchmarks.base.launch import Runner
 
-PHASE = "lm"
+NAME = "lm"
 STRATEGIES = (
     "ssgd",
     "ddp",
@@ -324,7 +325,7 @@ def measure(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, 
         "data": charlm.corpus().description,
         "interleaved": args.lm_interleave,
     }
-    out[PHASE] = phase
+    out[NAME] = phase
     t0 = time.monotonic()
     if shaped.link.emulated:
         shaped.shape(rate)
@@ -398,7 +399,7 @@ def plot(phase: dict[str, Any], path: Path) -> None:
 
 
 def section(data: dict[str, Any], img_dir: Path) -> str:
-    phase = data.get(PHASE)
+    phase = data.get(NAME)
     if not phase:
         return ""
     m, d = phase["model"], phase["data"]
@@ -456,6 +457,17 @@ def section(data: dict[str, Any], img_dir: Path) -> str:
     plot(phase, img_dir / "benchmarks_lm.png")
     lines += ["", "![validation loss against wall time](img/benchmarks_lm.png)", ""]
     return "\n".join(lines)
+
+
+PHASE = Phase(
+    name=NAME,
+    add_args=add_args,
+    measure=measure,
+    section=section,
+    estimate_s=estimate_s,
+    writes=("lm", "img/benchmarks_lm.png"),
+)
+"""The phase as :mod:`benchmarks.run` runs it and the report renders it."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -54,60 +54,22 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from benchmarks.base.free_hook import FreeHook
 from benchmarks.base.launch import Runner
+from benchmarks.base.phase import Phase
 from benchmarks.workloads.own_work import table as own_work_table
-from lightning_delayed.comm.buckets import Completed, pack_buckets
-from lightning_delayed.comm.communicator import CommHook
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from torch import Tensor
-
     from benchmarks.base import netns
-    from lightning_delayed.comm.buckets import Pending
 
-PHASE = "own_cost"
+NAME = "own_cost"
 TARGET = 0.05
 """Own cost target: at most 5 % of the compute-only step."""
 BOUND = "compute_only"
 PAIR_TIMEOUT_S = 1800.0
 NUM_CLASSES = 10
-
-
-class FreeHook(CommHook):
-    """Communication made free: ``launch`` completes at once with this rank's own values.
-
-    The average of one contribution is that contribution (weighted or not), so the result is what
-    an all-reduce would give if every rank held the same values. It returns *copies*: the contract
-    lets the caller change its tensors as soon as ``launch`` returns (DDP reuses its bucket buffers,
-    the optimizer steps the weights) and modify what ``wait()`` gives back, so handing out the
-    inputs themselves would let an algorithm read its own later writes. It copies exactly as
-    :class:`~lightning_delayed.comm.communicator.AllReduceHook` does, into the same flat buckets
-    (:func:`~lightning_delayed.comm.buckets.pack_buckets`), so the own cost measured with it counts
-    the copy the default hook pays, and no other. (A copy per tensor instead, ``t.clone()``, costs
-    up to twice as much on a CPU: 62 fresh allocations whose pages fault in on every launch.)
-
-    Benchmark-only: with no collective the ranks drift apart, which no user wants.
-    """
-
-    def __init__(self) -> None:
-        self.launches = 0
-
-    def launch(
-        self,
-        tensors: Sequence[Tensor],
-        *,
-        weight: float | None = None,
-        keys: Sequence[str] | None = None,
-        what: str = "tensors",
-    ) -> Pending:
-        self.launches += 1
-        result: list[Tensor | None] = [None] * len(tensors)
-        for bucket in pack_buckets(tensors):  # unweighted: one contribution is its own (weighted) mean
-            for slot, view in bucket.views():
-                result[slot] = view
-        return Completed([t for t in result if t is not None])
 
 
 # ---------------------------------------------------------------------------------- statistics
@@ -293,7 +255,7 @@ def run_worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     rank, world = rank_and_world()
     result = task_own_cost(args)
-    result.update(task=PHASE, rank=rank, world_size=world, versions=versions())
+    result.update(task=NAME, rank=rank, world_size=world, versions=versions())
     Path(f"{args.result}.rank{rank}.json").write_text(json.dumps(result, indent=1))
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -360,7 +322,7 @@ def measure(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, 
     start = time.monotonic()
     # One process pair runs every cell (about 5 minutes on a quiet machine): more than one run's usual timeout.
     whole = Runner(runner.link, runner.workdir, max(runner.timeout, PAIR_TIMEOUT_S))
-    per_rank = whole.run(PHASE, extra, world=2, module="benchmarks.workloads.own_cost")
+    per_rank = whole.run(NAME, extra, world=2, module="benchmarks.workloads.own_cost")
     names = [BOUND, *strategies]
     rounds = [bracketed(fits) for fits in mean_over_ranks(per_rank)]
     cpu_rounds = [bracketed(fits) for fits in mean_over_ranks(per_rank, cpu=True)]
@@ -373,7 +335,7 @@ def measure(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, 
         }
         for n in names
     }
-    out[PHASE] = {
+    out[NAME] = {
         "strategies": strategies,
         "not_measured": {
             n: "no comm_hook: its RPC parameter server is the communication"
@@ -394,7 +356,7 @@ def measure(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, 
         "own_work": own_work_isolated(strategies),
         "seconds": time.monotonic() - start,
     }
-    cells = out[PHASE]["cells"]
+    cells = out[NAME]["cells"]
     if args.own_cost_split == "none":
         return
     split_names = [
@@ -402,8 +364,8 @@ def measure(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, 
     ]
     if not split_names:
         return
-    out[PHASE]["unshaped_split"] = unshaped_split(args, runner, ["ssgd", *[n for n in split_names if n != "ssgd"]])
-    out[PHASE]["seconds"] = time.monotonic() - start
+    out[NAME]["unshaped_split"] = unshaped_split(args, runner, ["ssgd", *[n for n in split_names if n != "ssgd"]])
+    out[NAME]["seconds"] = time.monotonic() - start
 
 
 def own_cost_advice(d: dict[str, Any]) -> list[str]:
@@ -488,7 +450,7 @@ def _range(stats: dict[str, float]) -> str:
 
 def section(data: dict[str, Any], img_dir: Path) -> str:
     """Markdown: the own-cost table, and the per-thread CPU split of every cell."""
-    d = data.get(PHASE)
+    d = data.get(NAME)
     if not d:
         return ""
     cells, bound = d["cells"], d["cells"][BOUND]["step_s"]
@@ -591,11 +553,17 @@ def section(data: dict[str, Any], img_dir: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
+PHASE = Phase(
+    name=NAME, add_args=add_args, measure=measure, section=section, estimate_s=estimate_s, writes=("own_cost",)
+)
+"""The phase as :mod:`benchmarks.run` runs it and the report renders it."""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.own_cost", description=__doc__.split("\n")[0])
     w = p.add_argument_group("worker (one rank, started by the phase)")
     w.add_argument("--worker", action="store_true")
-    w.add_argument("--task", choices=(PHASE,))
+    w.add_argument("--task", choices=(NAME,))
     w.add_argument("--result")
     w.add_argument("--strategies", default="")
     w.add_argument("--steps", type=int, default=24)

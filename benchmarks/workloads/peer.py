@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.base import netns
+from benchmarks.base.phase import Phase
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 
 MODEL: dict[str, int] = {"d_model": 192, "nhead": 4, "num_layers": 3, "seq_len": 128}
 """The language model's size (keep equal to the LM phase's to compare the two)."""
+NAME = "peer"
 BATCH = 16
 """Windows per rank and step."""
 SYNC_EVERY = 8
@@ -587,6 +589,17 @@ def section(data: dict[str, Any], img_dir: Path) -> str:
         f"Versions: {', '.join(f'{k} {v}' for k, v in ver.items())}. Phase time: {peer['seconds']:.0f} s.",
     ]
     return "\n".join(lines) + "\n"
+
+
+PHASE = Phase(
+    name=NAME,
+    add_args=add_args,
+    measure=measure,
+    section=section,
+    estimate_s=estimate_s,
+    writes=("peer", "img/benchmarks_peer.png"),
+)
+"""The phase as :mod:`benchmarks.run` runs it and the report renders it."""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from benchmarks.base import cputime
+from benchmarks.base.free_hook import FreeHook
 from benchmarks.workloads import own_work
 from benchmarks.workloads.own_cost import (
     BOUND,
-    FreeHook,
     bracketed,
     cell_stats,
     hooked_strategies,

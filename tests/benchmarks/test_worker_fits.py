@@ -60,7 +60,7 @@ def test_own_cost_worker_runs_every_fit_of_every_round_in_one_process(tmp_path: 
 
 def test_projection_mlp_worker_runs_every_strategy_of_every_round_in_one_process(tmp_path: Path) -> None:
     extra = ["--task", "mlp", "--strategy", "ssgd,compute_only", "--rounds", "2", "--steps", "2", "--warmup", "1"]
-    out = _worker("benchmarks.workloads.scaling", [*extra, "--batch-size", "4"], tmp_path / "r")
+    out = _worker("benchmarks.workloads.scaling.cli", [*extra, "--batch-size", "4"], tmp_path / "r")
     assert [(r["round"], r["strategy"]) for r in out["runs"]] == [
         (0, "ssgd"),
         (0, "compute_only"),

@@ -1,0 +1,64 @@
+"""What a workload declares once so that :mod:`benchmarks.run` can run it and the report can show it.
+
+Each workload module (``benchmarks/workloads/<name>.py``, or a package) ends with one declaration::
+
+    PHASE = Phase(
+        name="lm",
+        add_args=add_args,        # its options, in an argument group of the runner's parser
+        measure=measure,          # measure(args, shaped, runner, out): fills out[name]
+        section=section,          # section(data, img_dir) -> markdown (and any plots it draws)
+        estimate_s=estimate_s,    # seconds on a quiet machine, for the budget printed at start
+        writes=("lm", "img/benchmarks_lm.png"),
+    )
+
+and :data:`benchmarks.run.PHASES` gets one line, ``"lm": "benchmarks.workloads.lm"``. The runner
+imports the module only when the phase is asked for (a missing optional dependency leaves the
+others runnable) and checks that the module's ``PHASE`` has that name.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from benchmarks.base.launch import Runner
+    from benchmarks.base.netns import ShapedLink
+
+AddArgs = Callable[[argparse.ArgumentParser], None]
+Measure = Callable[[argparse.Namespace, "ShapedLink", "Runner", dict[str, Any]], None]
+Section = Callable[[dict[str, Any], Path], str]
+Estimate = Callable[[argparse.Namespace], float]
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One workload of the benchmark run.
+
+    Attributes:
+        name: the phase's name on ``--workloads`` and its key in the results JSON.
+        add_args: adds the phase's options (``--<name>-...``) to the runner's parser.
+        measure: runs the phase on the runner's link and stores its section in ``out[name]``.
+        section: the phase's markdown for ``docs/benchmarks.md`` from the whole results dict;
+            draws its plots into ``img_dir``.
+        estimate_s: the phase's run time on a quiet machine (s), from the parsed arguments.
+        writes: what the phase writes: its results key and the files of its section (relative to
+            ``docs/``), for the README and the checks.
+    """
+
+    name: str
+    add_args: AddArgs
+    measure: Measure
+    section: Section
+    estimate_s: Estimate
+    writes: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ValueError(f"Phase name must be an identifier (a results key), got {self.name!r}")
+        if not self.writes or self.writes[0] != self.name:
+            raise ValueError(f"Phase {self.name!r}: writes must start with its results key {self.name!r}, "
+                             f"got {self.writes!r}")  # fmt: skip
