@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.base.phase import Phase
+from benchmarks.base.schema import DEFAULTS
 from benchmarks.report.metrics import MB, NOISE_LIMIT, accuracy_summary, cells, settings, summarize
 from benchmarks.report.plots import IMG, plots
 from benchmarks.report.verdicts import targets, when_not_to_use
@@ -59,18 +60,31 @@ def markdown(data: dict[str, Any], images: list[str], sections: list[str] | None
             "> **Quick smoke run** (`--quick`): tiny step counts; the numbers only show that the pipeline works.",
             "",
         ]
+    gpu = meta.get("accelerator", DEFAULTS["meta.accelerator"]) == "gpu"
     link_kind = (
         "two network namespaces joined by a veth pair shaped with `tc tbf` on both ends"
         if meta["emulated"]
+        else f"the GPUs' own interconnect, not emulated ({meta['fallback_reason']})"
+        if gpu
         else f"loopback only ({meta['fallback_reason']})"
     )
+    where = "one CUDA device each, NCCL" if gpu else "one compute thread each (`OMP_NUM_THREADS=1`), gloo"
     out += [
         f"Measured {meta['date']} on {m['cpu']} ({m['cores']} cores, "
         f"{_f(m.get('memory_bytes'), '.0f', 1 / 2**30)} GiB, "
         f"{m['system']}); torch {v['torch']}, lightning {v['lightning']}, torchvision {v['torchvision']}, "
         f"lightning_delayed {v['lightning_delayed']}, Python {v['python']}.",
         "",
-        f"2 ranks, one compute thread each (`OMP_NUM_THREADS=1`), gloo, on {link_kind}. Bandwidths: "
+        *(
+            []
+            if gpu
+            else [
+                "No GPU was lent for these figures: every rank ran on a CPU core. `--accelerator gpu` runs the same "
+                "harness with one CUDA device per rank and NCCL, without link emulation.",
+                "",
+            ]
+        ),
+        f"2 ranks, {where}, on {link_kind}. Bandwidths: "
         f"{', '.join(meta['bandwidths'])}. Throughput: torchvision ResNet-18 (`num_classes=10`) on random 3x32x32 "
         f"inputs, SGD lr 0.01 momentum 0.9, {meta['warmup']} warm-up steps then {meta['steps']} timed steps, "
         f"{meta.get('repeats', 1)} interleaved repeat(s) per cell on "

@@ -127,3 +127,17 @@ def test_asking_for_gpus_where_there_are_none_is_refused(
     with pytest.raises(SystemExit):
         run.parse_args(["--accelerator", "gpu"])
     assert "--accelerator gpu: no CUDA device here" in capsys.readouterr().err
+
+
+def test_the_page_says_when_no_gpu_was_lent_and_how_a_gpu_run_differs() -> None:
+    from benchmarks.base import schema
+    from benchmarks.report import page
+
+    data = schema.load(schema.latest(BENCHMARKS / "results"))
+    assert "accelerator" not in data["meta"]  # older than --accelerator: cpu
+    cpu = page.markdown(data, [])
+    assert "No GPU was lent for these figures" in cpu and "one compute thread each" in cpu
+    data["meta"].update(accelerator="gpu", emulated=False, fallback_reason="--accelerator gpu")
+    gpu = page.markdown(data, [])
+    assert "No GPU was lent" not in gpu
+    assert "2 ranks, one CUDA device each, NCCL, on the GPUs' own interconnect, not emulated" in gpu

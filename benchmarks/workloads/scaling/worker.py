@@ -23,16 +23,21 @@ def _task_sweep(args: argparse.Namespace) -> dict[str, Any]:
     import torch
     import torch.distributed as dist
 
-    dist.init_process_group("gloo")
+    from benchmarks.base.rank import accelerator, backend
+
+    dist.init_process_group(backend())
+    device = "cuda" if accelerator() == "gpu" else "cpu"
     n = dist.get_world_size()
     points = []
     for nbytes in [int(s) for s in args.sizes.split(",")]:
-        buf = torch.ones(nbytes // 4)
+        buf = torch.ones(nbytes // 4, device=device)
         dist.all_reduce(buf)  # first use of this size (allocation, connection warm-up)
         dist.barrier()
         t0 = time.perf_counter()
         for _ in range(args.reps):
             dist.all_reduce(buf)
+        if buf.is_cuda:  # NCCL returns before the GPU is done
+            torch.cuda.synchronize()
         points.append([buf.numel() * 4, n, (time.perf_counter() - t0) / args.reps])
     return {"points": points}
 
@@ -85,10 +90,10 @@ def _task_mlp(args: argparse.Namespace) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from benchmarks.base.baselines import build_strategy
-    from benchmarks.base.rank import FitEnvironment, bench_trainer, rank_and_world
+    from benchmarks.base.rank import FitEnvironment, backend, bench_trainer, rank_and_world
 
     rank, _ = rank_and_world()
-    dist.init_process_group("gloo")
+    dist.init_process_group(backend())
     total = args.warmup + args.steps
     g = torch.Generator().manual_seed(1000 + rank)
     x, y = torch.randn(args.batch_size, MLP_IN, generator=g), torch.randint(0, 10, (args.batch_size,), generator=g)
