@@ -4,7 +4,7 @@ Overlapping strategies hide the all-reduce behind compute only if the all-reduce
 compute alone. On a machine where the ranks' compute already uses every core, the communication's
 own CPU work (gloo's copies and reductions, the kernel's TCP and veth processing) takes cycles
 from the compute. This measures, per link, ResNet-18 steps alone and while a ResNet-18-sized
-all-reduce runs back to back on the same ranks (``task_contention`` in :mod:`benchmarks.base.rank`)::
+all-reduce runs back to back on the same ranks (``task_contention`` in :mod:`benchmarks.base.tasks`)::
 
     sudo .venv/bin/python -m benchmarks.contention            # unshaped, 1gbit, 200mbit
     .venv/bin/python -m benchmarks.contention --batch-size 48 --bandwidths unshaped

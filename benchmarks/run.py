@@ -14,7 +14,7 @@ pair shaped with ``tbf`` to each bandwidth in turn. Without root the runner says
 loopback only. Each run starts both ranks as child processes (``ip netns exec``) with Lightning's
 environment variables (``MASTER_ADDR`` = rank 0's veth address, ``RANK``, ``WORLD_SIZE``,
 ``NODE_RANK``, ``LOCAL_RANK``) and ``OMP_NUM_THREADS=1``; they report through JSON files. On a
-real cluster, run the same worker (``--worker``, see :mod:`benchmarks.base.rank`) under torchrun or
+real cluster, run the same worker (``--worker``, see :mod:`benchmarks.base.tasks`) under torchrun or
 your scheduler.
 
 Plan of a full run, all on the same link(s) in one go (``--workloads`` picks the phases, in order):
@@ -41,7 +41,6 @@ import datetime as dt
 import importlib
 import signal
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -49,9 +48,10 @@ from typing import Any
 
 from benchmarks.base import netns, schema
 from benchmarks.base.baselines import strategy_list
-from benchmarks.base.launch import Runner, log, machine
+from benchmarks.base.launch import Runner, log, machine, measured_link
 from benchmarks.base.phase import Phase
-from benchmarks.base.rank import REPO, add_worker_args, gpu_problem, run_worker
+from benchmarks.base.rank import REPO, gpu_problem
+from benchmarks.base.tasks import add_worker_args, run_worker
 from benchmarks.workloads import accuracy, throughput
 
 RESULTS = REPO / "benchmarks" / "results"
@@ -314,18 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM must run the finally blocks below (namespace removal) like Ctrl-C does.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        with tempfile.TemporaryDirectory(prefix="ldbench-") as tmp:
-            if ok:
-                removed = netns.remove_stale()
-                if removed:
-                    log(f"removed stale namespaces of earlier runs: {removed}")
-                with netns.emulated_link() as shaped:
-                    log(f"emulated link: namespaces {shaped.link.namespaces}")
-                    measure(args, shaped, Runner(shaped.link, Path(tmp), args.timeout), out)
-            else:
-                shaped = netns.ShapedLink(netns.LOOPBACK, netns.run_command)
-                runner = Runner(netns.LOOPBACK, Path(tmp), args.timeout, accelerator=args.accelerator)
-                measure(args, shaped, runner, out)
+        with measured_link(args.timeout, accelerator=args.accelerator, plan=(ok, why), note=False) as (shaped, runner):
+            measure(args, shaped, runner, out)
     finally:
         signal.signal(signal.SIGTERM, previous)
     out["meta"]["total_s"] = time.monotonic() - start

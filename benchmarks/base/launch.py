@@ -15,7 +15,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +157,34 @@ def machine() -> dict[str, Any]:
 def log(msg: str) -> None:
     """One line of the run's log on stderr, with the time of day."""
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def measured_link(
+    timeout: float,
+    prefix: str = "ldbench-",
+    accelerator: str = "cpu",
+    plan: tuple[bool, str] | None = None,
+    note: bool = True,
+) -> Iterator[tuple[netns.ShapedLink, Runner]]:
+    """The 2-rank link a measurement runs on, and a :class:`Runner` on it, for the ``with`` block.
+
+    ``plan`` is (emulate?, why not) (default :func:`benchmarks.base.netns.can_emulate`): as root,
+    two fresh namespaces joined by a shaped veth (stale ones of earlier runs removed first, the
+    new ones removed after); otherwise loopback, said in the log unless ``note`` is False. The
+    ranks' files go to a temporary folder named ``prefix...``.
+    """
+    ok, why = plan if plan is not None else netns.can_emulate()
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        if ok:
+            removed = netns.remove_stale()
+            if removed:
+                log(f"removed stale namespaces of earlier runs: {removed}")
+            with netns.emulated_link() as shaped:
+                log(f"emulated link: namespaces {shaped.link.namespaces}")
+                yield shaped, Runner(shaped.link, Path(tmp), timeout)
+        else:
+            if note:
+                log(f"NOTE: {why}; running on loopback, unshaped")
+            shaped = netns.ShapedLink(netns.LOOPBACK, netns.run_command)
+            yield shaped, Runner(netns.LOOPBACK, Path(tmp), timeout, accelerator=accelerator)

@@ -112,7 +112,7 @@ class Link(TypedDict):
 
 
 class RankFigures(TypedDict):
-    """What one rank measured over its timed window (:func:`benchmarks.base.rank.task_throughput`)."""
+    """What one rank measured over its timed window (:func:`benchmarks.base.tasks.task_throughput`)."""
 
     samples_per_s: float
     step_s: float

@@ -23,7 +23,7 @@ from typing import Any
 from benchmarks.base import netns, schema
 from benchmarks.base.baselines import strategy_list
 from benchmarks.base.launch import RunFailed, Runner, log
-from benchmarks.base.rank import resnet18_grad_bytes
+from benchmarks.base.tasks import resnet18_grad_bytes
 
 Write = Callable[[argparse.Namespace, dict[str, Any]], None]
 """How the runner saves the results after each link (:func:`benchmarks.run.write_json`)."""

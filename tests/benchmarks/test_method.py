@@ -262,7 +262,10 @@ def test_every_default_phase_has_a_budget_estimate() -> None:
             continue  # estimated from the previous results by estimate_throughput_s
         phase = run.load_phase(name)
         assert phase is not None and phase.estimate_s(args) > 0, name
-    from benchmarks.workloads import lm, peer
+        from benchmarks.workloads.peer import runner as peer_runner
+    from benchmarks.workloads.lm import runner as lm_runner
 
-    assert lm.estimate_s(args) == pytest.approx(8 * (lm.SPAWN_S + 3 * (20.0 + lm.RUN_OVERHEAD_S)))
-    assert peer.estimate_s(args) == pytest.approx(6 * 2 * (peer.RUN_START_S + peer.PEER_STEP_S * 64))
+    assert lm_runner.estimate_s(args) == pytest.approx(8 * (lm_runner.SPAWN_S + 3 * (20.0 + lm_runner.RUN_OVERHEAD_S)))
+    assert peer_runner.estimate_s(args) == pytest.approx(
+        6 * 2 * (peer_runner.RUN_START_S + peer_runner.PEER_STEP_S * 64)
+    )

@@ -141,3 +141,10 @@ def test_the_page_says_when_no_gpu_was_lent_and_how_a_gpu_run_differs() -> None:
     gpu = page.markdown(data, [])
     assert "No GPU was lent" not in gpu
     assert "2 ranks, one CUDA device each, NCCL, on the GPUs' own interconnect, not emulated" in gpu
+
+
+@pytest.mark.parametrize(
+    "path", sorted(p for p in BENCHMARKS.rglob("*.py") if p.parent.name != "results"), ids=lambda p: p.name
+)
+def test_no_module_is_over_about_400_lines(path: Path) -> None:
+    assert len(path.read_text().splitlines()) <= 400, path.relative_to(BENCHMARKS.parent)

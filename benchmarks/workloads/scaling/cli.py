@@ -43,10 +43,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     import datetime as dt
-    import tempfile
 
     from benchmarks.base import netns
-    from benchmarks.base.launch import Runner
+    from benchmarks.base.launch import measured_link
     from benchmarks.base.rank import REPO
 
     args = parse_args(argv)
@@ -61,16 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         data["meta"]["scaling_command"] = " ".join(["python -m benchmarks.projection", *(argv or sys.argv[1:])])
         data.pop("scaling", None)
         ok, why = netns.can_emulate()
+        if not ok:
+            log(f"NOTE: {why}; unshaped loopback only, no cluster")
         t0 = time.monotonic()
-        with tempfile.TemporaryDirectory(prefix="ldbench-") as tmp:
-            if ok:
-                netns.remove_stale()
-                with netns.emulated_link() as shaped:
-                    measure(args, shaped, Runner(shaped.link, Path(tmp), args.timeout), data)
-            else:
-                log(f"NOTE: {why}; unshaped loopback only, no cluster")
-                shaped = netns.ShapedLink(netns.LOOPBACK, netns.run_command)
-                measure(args, shaped, Runner(netns.LOOPBACK, Path(tmp), args.timeout), data)
+        with measured_link(args.timeout, plan=(ok, why), note=False) as (shaped, runner):
+            measure(args, shaped, runner, data)
         data["meta"]["scaling_s"] = time.monotonic() - t0
         log(f"scaling phase measured in {data['meta']['scaling_s']:.0f} s")
         out_path.parent.mkdir(parents=True, exist_ok=True)

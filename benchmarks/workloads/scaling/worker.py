@@ -152,7 +152,7 @@ def run_worker(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)
     rank, world = rank_and_world()
     if args.task == "throughput":  # the ResNet-18 compute-only calibration, from the shared worker
-        from benchmarks.base.rank import task_throughput
+        from benchmarks.base.tasks import task_throughput
 
         args.warmup = 2
         result = task_throughput(args)
