@@ -62,3 +62,27 @@ class Phase:
         if not self.writes or self.writes[0] != self.name:
             raise ValueError(f"Phase {self.name!r}: writes must start with its results key {self.name!r}, "
                              f"got {self.writes!r}")  # fmt: skip
+
+
+class Options:
+    """One phase's options, in one argument group of the runner's parser, each ``--<phase>-<option>``.
+
+    The prefix keeps the phases from colliding on that one parser. An option's type is its
+    default's (``int``, ``float``; a string or ``None``: a string) unless ``type=`` is given::
+
+        opt = Options(parser, "lm", "character-level transformer, time to a target loss")
+        opt("batch-size", 16, "windows per rank and step")        # --lm-batch-size, int
+        opt.flag("interleave", "one process pair per (seed, strategy)")
+    """
+
+    def __init__(self, parser: argparse.ArgumentParser, phase: str, title: str) -> None:
+        self.group = parser.add_argument_group(f"phase {phase} ({title})")
+        self.prefix = f"--{phase.replace('_', '-')}-"
+
+    def __call__(self, option: str, default: Any, help: str, **kwargs: Any) -> None:
+        if isinstance(default, int | float) and not isinstance(default, bool):
+            kwargs.setdefault("type", type(default))
+        self.group.add_argument(self.prefix + option, default=default, help=help, **kwargs)
+
+    def flag(self, option: str, help: str) -> None:
+        self.group.add_argument(self.prefix + option, action="store_true", help=help)

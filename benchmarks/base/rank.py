@@ -97,6 +97,15 @@ def versions() -> dict[str, str]:
     }
 
 
+QUIET: dict[str, Any] = {
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_progress_bar": False,
+    "enable_model_summary": False,
+}
+"""Trainer arguments of every benchmark fit: no logger, checkpoints, progress bar or model summary."""
+
+
 def _trainer_topology() -> dict[str, int]:
     _, world = rank_and_world()
     devices = env_int("LOCAL_WORLD_SIZE", 1)
@@ -118,10 +127,7 @@ def bench_trainer(strategy: Any, **overrides: Any) -> pl.Trainer:
     kwargs: dict[str, Any] = {
         "accelerator": accelerator(),  # on GPUs each rank sees its one device (CUDA_VISIBLE_DEVICES)
         "strategy": strategy,
-        "logger": False,
-        "enable_checkpointing": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
+        **QUIET,
         "use_distributed_sampler": False,
         "num_sanity_val_steps": 0,
         "limit_val_batches": 0,

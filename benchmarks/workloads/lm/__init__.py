@@ -40,12 +40,5 @@ from benchmarks.workloads.lm.common import NAME
 from benchmarks.workloads.lm.report import section
 from benchmarks.workloads.lm.runner import add_args, estimate_s, measure
 
-PHASE = Phase(
-    name=NAME,
-    add_args=add_args,
-    measure=measure,
-    section=section,
-    estimate_s=estimate_s,
-    writes=("lm", "img/benchmarks_lm.png"),
-)
+PHASE = Phase(NAME, add_args, measure, section, estimate_s, writes=(NAME, "img/benchmarks_lm.png"))
 """The phase as :mod:`benchmarks.run` runs it and the report renders it."""

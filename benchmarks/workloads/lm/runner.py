@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.base import netns
+from benchmarks.base.phase import Options
 from benchmarks.workloads.lm.common import LR, MODEL, NAME, STRATEGIES, VAL_WINDOWS, schedule, summarize, sync_every
 
 if TYPE_CHECKING:
@@ -29,21 +30,19 @@ def estimate_s(args: argparse.Namespace) -> float:
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("phase lm (character-level transformer, time to a target validation loss)")
-    g.add_argument("--lm-strategies", default=",".join(STRATEGIES), help="comma-separated strategies")
-    g.add_argument("--lm-seeds", default="0,1,2", help="comma-separated seeds")
-    g.add_argument("--lm-bandwidth", default="200mbit", help="emulated link rate")
-    g.add_argument("--lm-batch-size", type=int, default=16, help="windows per rank and step")
-    g.add_argument("--lm-max-steps", type=int, default=400, help="steps per run at most")
-    g.add_argument("--lm-max-wall", type=float, default=20.0, help="training seconds per run (checked at validation)")
-    g.add_argument("--lm-val-every", type=int, default=5, help="steps between validations")
-    g.add_argument("--lm-target", type=float, default=2.55, help="target validation loss (nats per character)")
-    g.add_argument(
-        "--lm-interleave",
-        action="store_true",
-        help="one process pair per (seed, strategy), seed-major, instead of one per strategy (+~10 s each)",
+    opt = Options(p, NAME, "character-level transformer, time to a target validation loss")
+    opt("strategies", ",".join(STRATEGIES), "comma-separated strategies")
+    opt("seeds", "0,1,2", "comma-separated seeds")
+    opt("bandwidth", "200mbit", "emulated link rate")
+    opt("batch-size", 16, "windows per rank and step")
+    opt("max-steps", 400, "steps per run at most")
+    opt("max-wall", 20.0, "training seconds per run (checked at validation)")
+    opt("val-every", 5, "steps between validations")
+    opt("target", 2.55, "target validation loss (nats per character)")
+    opt.flag(
+        "interleave", "one process pair per (seed, strategy), seed-major, instead of one per strategy (+~10 s each)"
     )
-    g.add_argument("--lm-timeout", type=float, default=300.0, help="seconds allowed per strategy (both ranks)")
+    opt("timeout", 300.0, "seconds allowed per strategy (both ranks)")
 
 
 def measure(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, out: dict[str, Any]) -> None:

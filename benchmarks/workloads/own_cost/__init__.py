@@ -46,7 +46,5 @@ from benchmarks.workloads.own_cost.common import NAME
 from benchmarks.workloads.own_cost.report import section
 from benchmarks.workloads.own_cost.runner import add_args, estimate_s, measure
 
-PHASE = Phase(
-    name=NAME, add_args=add_args, measure=measure, section=section, estimate_s=estimate_s, writes=("own_cost",)
-)
+PHASE = Phase(NAME, add_args, measure, section, estimate_s, writes=(NAME,))
 """The phase as :mod:`benchmarks.run` runs it and the report renders it."""

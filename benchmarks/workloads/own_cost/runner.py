@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.base.launch import Runner
+from benchmarks.base.phase import Options
 from benchmarks.workloads.own_cost.common import (
     BOUND,
     NAME,
@@ -50,20 +51,18 @@ def estimate_s(args: argparse.Namespace) -> float:
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("own_cost phase (each strategy with communication made free)")
-    g.add_argument(
-        "--own-cost-strategies", default="", help="comma-separated (default: every strategy with a comm_hook)"
-    )
-    g.add_argument("--own-cost-steps", type=int, default=24, help="timed steps per fit (a multiple of sync_every)")
-    g.add_argument("--own-cost-warmup", type=int, default=4, help="untimed steps before each fit's timed steps")
-    g.add_argument("--own-cost-repeats", type=int, default=3, help="interleaved rounds")
-    g.add_argument("--own-cost-batch-size", type=int, default=32, help="batch size per rank")
-    g.add_argument(
-        "--own-cost-split",
-        choices=("missed", "none", "all"),
-        default="missed",
-        help="also run the real unshaped link (throughput task, --cpu-split) for ssgd and these strategies: "
+    opt = Options(p, NAME, "each strategy with communication made free")
+    opt("strategies", "", "comma-separated (default: every strategy with a comm_hook)")
+    opt("steps", 24, "timed steps per fit (a multiple of sync_every)")
+    opt("warmup", 4, "untimed steps before each fit's timed steps")
+    opt("repeats", 3, "interleaved rounds")
+    opt("batch-size", 32, "batch size per rank")
+    opt(
+        "split",
+        "missed",
+        "also run the real unshaped link (throughput task, --cpu-split) for ssgd and these strategies: "
         "those that missed the target (default), none, or all",
+        choices=("missed", "none", "all"),
     )
 
 

@@ -32,12 +32,5 @@ from benchmarks.workloads.peer.common import NAME
 from benchmarks.workloads.peer.report import section
 from benchmarks.workloads.peer.runner import add_args, estimate_s, measure
 
-PHASE = Phase(
-    name=NAME,
-    add_args=add_args,
-    measure=measure,
-    section=section,
-    estimate_s=estimate_s,
-    writes=("peer", "img/benchmarks_peer.png"),
-)
+PHASE = Phase(NAME, add_args, measure, section, estimate_s, writes=(NAME, "img/benchmarks_peer.png"))
 """The phase as :mod:`benchmarks.run` runs it and the report renders it."""

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from benchmarks.base import netns
+from benchmarks.base.phase import Options
 from benchmarks.workloads.peer.common import (
     BATCH,
     IMPLS,
     INNER_LR,
     LIGHTHOUSE_PORT,
+    NAME,
     OUTER,
     SYNC_EVERY,
     VAL_WINDOWS,
@@ -78,17 +80,12 @@ def estimate_s(args: argparse.Namespace) -> float:
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("peer (our diloco against torchft's DiLoCo with its Manager and lighthouse)")
-    g.add_argument("--peer-bandwidths", default="200mbit", help="comma-separated rates (default 200mbit)")
-    g.add_argument(
-        "--peer-repeats",
-        type=int,
-        default=6,
-        help="interleaved repeats (seeds 0..n-1), default 6: with 3, two full runs gave 1.04x and 0.99x",
-    )
-    g.add_argument("--peer-steps", type=int, default=64, help="optimizer steps per run (default 64)")
-    g.add_argument("--peer-sync-every", type=int, default=SYNC_EVERY, help=f"H of both (default {SYNC_EVERY})")
-    g.add_argument("--peer-timeout", type=float, default=240, help="seconds per run before it is killed")
+    opt = Options(p, NAME, "our diloco against torchft's DiLoCo with its Manager and lighthouse")
+    opt("bandwidths", "200mbit", "comma-separated rates (default 200mbit)")
+    opt("repeats", 6, "interleaved repeats (seeds 0..n-1), default 6: with 3, two full runs gave 1.04x and 0.99x")
+    opt("steps", 64, "optimizer steps per run (default 64)")
+    opt("sync-every", SYNC_EVERY, f"H of both (default {SYNC_EVERY})")
+    opt("timeout", 240.0, "seconds per run before it is killed")
 
 
 def versions() -> dict[str, str]:

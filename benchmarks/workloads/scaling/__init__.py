@@ -65,12 +65,5 @@ from benchmarks.base.phase import Phase
 from benchmarks.workloads.scaling.report import section
 from benchmarks.workloads.scaling.runner import add_args, estimate_s, measure
 
-PHASE = Phase(
-    name="scaling",
-    add_args=add_args,
-    measure=measure,
-    section=section,
-    estimate_s=estimate_s,
-    writes=("scaling", "img/benchmarks_projection.png"),
-)
+PHASE = Phase("scaling", add_args, measure, section, estimate_s, writes=("scaling", "img/benchmarks_projection.png"))
 """The phase as :mod:`benchmarks.run` runs it and the report renders it."""

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from benchmarks.base import schema
 from benchmarks.base.launch import log
+from benchmarks.base.phase import Options
 from benchmarks.workloads.scaling.cells import cell_stats
 from benchmarks.workloads.scaling.fit import fit_line, fit_link
 from benchmarks.workloads.scaling.worker import (
@@ -35,19 +36,19 @@ CLUSTER_STRATEGIES = "compute_only,ssgd,odsgd,local_sgd,dasgd,cocodsgd"
 
 
 def add_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("scaling phase (benchmarks.workloads.scaling)")
-    g.add_argument(
-        "--scaling-bandwidths",
-        default=None,
-        help=f"links whose all-reduce is swept (default: the runner's --bandwidths, else {DEFAULT_BANDWIDTHS})",
+    opt = Options(p, "scaling", "latency-bandwidth model: fitted, validated, projected")
+    opt(
+        "bandwidths",
+        None,
+        f"links whose all-reduce is swept (default: the runner's --bandwidths, else {DEFAULT_BANDWIDTHS})",
     )
-    g.add_argument("--scaling-reps", type=int, default=3, help="timed all-reduces per message size")
-    g.add_argument("--scaling-world", type=int, default=4, help="ranks of the validation cluster (0: skip it)")
-    g.add_argument("--scaling-cluster-bandwidth", default="500mbit", help="link rate of each cluster node")
-    g.add_argument("--scaling-cluster-strategies", default=CLUSTER_STRATEGIES, help="strategies run on the cluster")
-    g.add_argument("--scaling-batch-size", type=int, default=64, help="MLP batch per rank on the cluster")
-    g.add_argument("--scaling-steps", type=int, default=12, help="timed MLP steps per cluster run (after 2 warm-up)")
-    g.add_argument("--scaling-repeats", type=int, default=3, help="interleaved rounds of the cluster strategies")
+    opt("reps", 3, "timed all-reduces per message size")
+    opt("world", 4, "ranks of the validation cluster (0: skip it)")
+    opt("cluster-bandwidth", "500mbit", "link rate of each cluster node")
+    opt("cluster-strategies", CLUSTER_STRATEGIES, "strategies run on the cluster")
+    opt("batch-size", 64, "MLP batch per rank on the cluster")
+    opt("steps", 12, "timed MLP steps per cluster run (after 2 warm-up)")
+    opt("repeats", 3, "interleaved rounds of the cluster strategies")
 
 
 def estimate_s(args: argparse.Namespace) -> float:
