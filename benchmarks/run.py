@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     ok, why = link_plan(args)
-    if not ok and any(r is not None for r in args.rates):
+    if not ok and (args.accelerator == "gpu" or any(r is not None for r in args.rates)):
         where = "on the GPUs" if args.accelerator == "gpu" else "on loopback only"
         log(f"NOTE: {why}; running {where}, unshaped (bandwidths {args.bandwidths} ignored)")
         args.rates = [None]
@@ -307,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         "accuracy": [],
     }
     if args.skipped_phases:
-        why = "; ".join(f"{w}: {PHASE_ERRORS.get(w, '?')}" for w in args.skipped_phases)
-        log(f"NOTE: phases {args.skipped_phases} of the default list left out, they cannot be loaded ({why})")
+        causes = "; ".join(f"{w}: {PHASE_ERRORS.get(w, '?')}" for w in args.skipped_phases)
+        log(f"NOTE: phases {args.skipped_phases} of the default list left out, they cannot be loaded ({causes})")
     print_budget(args)
     start = time.monotonic()
     # SIGTERM must run the finally blocks below (namespace removal) like Ctrl-C does.

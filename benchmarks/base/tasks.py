@@ -223,6 +223,7 @@ def task_throughput(args: argparse.Namespace) -> dict[str, Any]:
     rank, _ = rank_and_world()
     torch.manual_seed(0)
     total = args.warmup + args.steps
+    gpu = accelerator() == "gpu"
 
     class Clock(pl.Callback):
         def __init__(self) -> None:
@@ -231,6 +232,8 @@ def task_throughput(args: argparse.Namespace) -> dict[str, Any]:
             self.cpu: dict[int, cputime.Snapshot] = {}
 
         def on_train_batch_end(self, trainer: pl.Trainer, *a: Any) -> None:
+            if gpu:  # the step's kernels are queued, not done, when the hook runs
+                torch.cuda.synchronize()
             self.ends.append(time.perf_counter())
             step = trainer.global_step
             if step in (args.warmup, total):

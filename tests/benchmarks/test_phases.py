@@ -148,3 +148,38 @@ def test_the_page_says_when_no_gpu_was_lent_and_how_a_gpu_run_differs() -> None:
 )
 def test_no_module_is_over_about_400_lines(path: Path) -> None:
     assert len(path.read_text().splitlines()) <= 400, path.relative_to(BENCHMARKS.parent)
+
+
+def test_a_gpu_run_never_builds_namespaces_and_records_why(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    import torch
+    import torch.distributed as dist
+
+    from benchmarks.base import launch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(dist, "is_nccl_available", lambda: True)
+    monkeypatch.setattr(netns, "can_emulate", lambda: (True, "root"))
+
+    def no_namespaces(*a: object, **k: object) -> None:
+        raise AssertionError("a GPU run must not emulate links")
+
+    monkeypatch.setattr(netns, "emulated_link", no_namespaces)
+    monkeypatch.setattr(launch.netns, "remove_stale", no_namespaces)
+    seen: list[Runner] = []
+    monkeypatch.setattr(run, "measure", lambda args, shaped, runner, out: seen.append(runner))
+    monkeypatch.setattr(run, "print_budget", lambda args: None)
+    argv = ["--accelerator", "gpu", "--workloads", "throughput", "--bandwidths", "unshaped,200mbit"]
+    assert run.main([*argv, "--out", str(tmp_path), "--docs", str(tmp_path / "b.md")]) == 0
+    (runner,) = seen
+    assert runner.accelerator == "gpu" and not runner.link.emulated
+    (path,) = tmp_path.glob("2*.json")
+    meta = json.loads(path.read_text())["meta"]
+    assert meta["accelerator"] == "gpu" and meta["emulated"] is False and "no link emulation" in meta["fallback_reason"]
+    assert meta["bandwidths"] == ["unshaped"]
+    assert "NOTE: --accelerator gpu: NCCL over the GPUs' own interconnect" in capsys.readouterr().err
+    assert "one CUDA device each, NCCL" in (tmp_path / "b.md").read_text()

@@ -90,9 +90,10 @@ def _task_mlp(args: argparse.Namespace) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
     from benchmarks.base.baselines import build_strategy
-    from benchmarks.base.rank import FitEnvironment, backend, bench_trainer, rank_and_world
+    from benchmarks.base.rank import FitEnvironment, accelerator, backend, bench_trainer, rank_and_world
 
     rank, _ = rank_and_world()
+    gpu = accelerator() == "gpu"
     dist.init_process_group(backend())
     total = args.warmup + args.steps
     g = torch.Generator().manual_seed(1000 + rank)
@@ -114,6 +115,8 @@ def _task_mlp(args: argparse.Namespace) -> dict[str, Any]:
             self.ends: list[float] = []
 
         def on_train_batch_end(self, *a: Any) -> None:
+            if gpu:  # the step's kernels are queued, not done, when the hook runs
+                torch.cuda.synchronize()
             self.ends.append(time.perf_counter())
 
     env = FitEnvironment()  # each run starts from the runner's environment
