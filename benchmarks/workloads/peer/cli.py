@@ -13,9 +13,6 @@ from benchmarks.workloads.peer.report import section
 from benchmarks.workloads.peer.runner import add_args, measure
 from benchmarks.workloads.peer.worker import _worker_main
 
-MODEL: dict[str, int] = {"d_model": 192, "nhead": 4, "num_layers": 3, "seq_len": 128}
-"""The language model's size (keep equal to the LM phase's to compare the two)."""
-
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv

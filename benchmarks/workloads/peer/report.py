@@ -7,9 +7,6 @@ from typing import Any
 
 from benchmarks.workloads.peer.common import IMPLS
 
-MODEL: dict[str, int] = {"d_model": 192, "nhead": 4, "num_layers": 3, "seq_len": 128}
-"""The language model's size (keep equal to the LM phase's to compare the two)."""
-
 
 def _fmt(s: dict[str, float], digits: int = 1) -> str:
     return f"{s['median']:.{digits}f} ({s['min']:.{digits}f}-{s['max']:.{digits}f})"

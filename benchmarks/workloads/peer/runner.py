@@ -19,6 +19,7 @@ from benchmarks.workloads.peer.common import (
     IMPLS,
     INNER_LR,
     LIGHTHOUSE_PORT,
+    MODEL,
     NAME,
     OUTER,
     SYNC_EVERY,
@@ -31,9 +32,6 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from benchmarks.base.launch import Runner
-
-MODEL: dict[str, int] = {"d_model": 192, "nhead": 4, "num_layers": 3, "seq_len": 128}
-"""The language model's size (keep equal to the LM phase's to compare the two)."""
 
 
 WORKER = "benchmarks.workloads.peer.cli"

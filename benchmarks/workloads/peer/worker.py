@@ -18,6 +18,7 @@ from benchmarks.workloads.peer.common import (
     IMPLS,
     INNER_LR,
     MANAGER_PORT_OFFSET,
+    MODEL,
     OUTER,
     STORE_PORT_OFFSET,
     SYNC_EVERY,
@@ -25,9 +26,6 @@ from benchmarks.workloads.peer.common import (
     cpu_by_thread,
     thread_ticks,
 )
-
-MODEL: dict[str, int] = {"d_model": 192, "nhead": 4, "num_layers": 3, "seq_len": 128}
-"""The language model's size (keep equal to the LM phase's to compare the two)."""
 
 
 def _store_barrier(store: Any, key: str, world: int, rank: int) -> None:
