@@ -20,7 +20,7 @@ from lightning_delayed.cli import DelayedLightningCLI
 
 def main() -> None:
     # Re-running with the same default_root_dir replaces the saved config.yaml instead of aborting.
-    # DelayedLightningCLI: a refused strategy argument is the first line of the error (see lightning_delayed/cli.py).
+    # DelayedLightningCLI: every bad strategy argument, one line each, comes first (see lightning_delayed/cli.py).
     DelayedLightningCLI(DigitsCNN, DigitsDataModule, save_config_kwargs={"overwrite": True})
     # Tear the gloo group down while every rank is alive: left to interpreter exit, its threads are
     # sometimes destroyed while joinable and the process aborts (exit -6) after the work is done.

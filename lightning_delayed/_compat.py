@@ -23,6 +23,7 @@ breaks one fails CI on that entry.
 | ``torch._foreach_add_/_div``                             | core/sasgd_server.py  | fused multi-tensor math          |
 | ``distributed_c10d._get_default_store()``                | comm/rpc_network.py   | sasgd RPC without ``MASTER_PORT``|
 | ``distributed_c10d._world.pg_map``                       | comm/process_groups.py| teardown of the strategy's group |
+| ``Trainer._checkpoint_connector.resume_start``           | strategies/snapshots  | ElasticSnapshots cannot resume   |
 | ``lightning...types._PATH``, ``..._StrategyRegistry``    | strategies (hints)    | nothing: under ``TYPE_CHECKING`` |
 
 ``_register_ddp_hooks`` is overridden and ``_broadcast_sigterm_tensor`` replaced, so renamed they
@@ -93,6 +94,18 @@ def _calls(function: Any, name: str) -> bool:
 
 
 # ---------------------------------------------------------------------------------------- Lightning
+
+
+def checkpoint_connector(trainer: Any) -> Any:
+    """``trainer._checkpoint_connector``, checked to still have the ``resume_start`` we replace.
+
+    ``ElasticSnapshots`` replaces ``resume_start`` for one ``fit`` so that ``fit(ckpt_path=None)``
+    resumes from the newest committed snapshot; Lightning's ``_run`` must still call it.
+    """
+    purpose = "ElasticSnapshots resumes fit(ckpt_path=None) from the newest committed snapshot"
+    connector = require(trainer, "_checkpoint_connector", "Trainer._checkpoint_connector", purpose)
+    require(connector, "resume_start", "_CheckpointConnector.resume_start", purpose)
+    return connector
 
 
 def check_ddp_hook_override() -> None:

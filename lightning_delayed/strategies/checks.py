@@ -3,7 +3,7 @@
 * :func:`refuse_unknown_keywords`: a misspelled keyword (``local_lr`` written ``locl_lr``) is
   refused at construction, with the closest valid name; the valid names are read from the
   signatures of the strategy classes, ``DDPStrategy`` and ``DistributedDataParallel``, never kept
-  by hand.
+  by hand. :func:`unknown_keyword_message` is that refusal's text, also used by LightningCLI.
 * :func:`check_timeout`: ``timeout`` is a ``datetime.timedelta`` (or ``None``).
 * :func:`refuse_on_every_rank`: a set-up check that fails on one rank fails on every rank, with
   the same message, before any rank enters a collective the failing rank will never join.
@@ -55,26 +55,59 @@ def strategy_keywords(cls: type) -> set[str]:
     return names
 
 
+def unknown_keyword_message(cls: type, name: str) -> str:
+    """Why ``cls`` refuses the keyword ``name``, with the closest valid name when there is one.
+
+    The one text for both ways of building a strategy: ``cls(name=...)`` in Python
+    (:func:`refuse_unknown_keywords`) and ``init_args: {name: ...}`` under LightningCLI
+    (``lightning_delayed.cli``), so both suggest the same name.
+    """
+    if name in _SET_BY_LIGHTNING:
+        return f"{cls.__name__} does not take {name!r}: {_SET_BY_LIGHTNING[name]}"
+    close = difflib.get_close_matches(name, sorted(strategy_keywords(cls)), n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else "."
+    return (
+        f"{cls.__name__} got an unexpected keyword argument {name!r}{hint} It accepts its own arguments, "
+        "the DelayedStrategy arguments (see docs/extending.md) and the keyword arguments of "
+        "torch.nn.parallel.DistributedDataParallel."
+    )
+
+
+def keyword_annotation(cls: type, name: str) -> str | None:
+    """The annotation of keyword ``name`` where ``cls`` (or a base, or DDP) declares it, as written there.
+
+    ``None`` when no signature declares it or declares it without an annotation.
+    """
+    functions: list[Callable[..., Any]] = [
+        vars(klass)["__init__"] for klass in cls.__mro__ if issubclass(klass, DDPStrategy) and "__init__" in vars(klass)
+    ]
+    for fn in [*functions, DistributedDataParallel.__init__]:
+        parameter = inspect.signature(fn).parameters.get(name)
+        if parameter is None or parameter.kind not in (
+            inspect.Parameter.POSITIONAL_OR_KEYWORD,
+            inspect.Parameter.KEYWORD_ONLY,
+        ):
+            continue
+        if parameter.annotation is inspect.Parameter.empty:
+            return None
+        annotation = parameter.annotation
+        # a string under ``from __future__ import annotations``: shown as the source spells it
+        return annotation if isinstance(annotation, str) else inspect.formatannotation(annotation)
+    return None
+
+
 def refuse_unknown_keywords(cls: type, kwargs: Iterable[str]) -> None:
     """Raise ``TypeError`` for the first keyword in ``kwargs`` that ``cls`` does not accept.
 
     ``kwargs`` are the keywords left after ``cls`` and its bases took their own arguments: what
     would otherwise reach ``DistributedDataParallel(...)`` and fail only after the process group
-    is up (or, for the parameter-server strategies, be silently ignored).
+    is up (or, for the parameter-server strategies, be silently ignored). The message is
+    :func:`unknown_keyword_message`'s.
     """
     accepted = ddp_keywords()
     for name in sorted(kwargs):
-        if name in accepted:
-            continue
-        if name in _SET_BY_LIGHTNING:
-            raise TypeError(f"{cls.__name__} does not take {name!r}: {_SET_BY_LIGHTNING[name]}")
-        close = difflib.get_close_matches(name, sorted(strategy_keywords(cls)), n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else "."
-        raise TypeError(
-            f"{cls.__name__} got an unexpected keyword argument {name!r}{hint} It accepts its own arguments, "
-            "the DelayedStrategy arguments (see docs/extending.md) and the keyword arguments of "
-            "torch.nn.parallel.DistributedDataParallel."
-        )
+        if name not in accepted:
+            raise TypeError(unknown_keyword_message(cls, name))
 
 
 def check_timeout(timeout: object) -> None:

@@ -52,7 +52,8 @@ def refuse_group_size(strategy_cls: type, kwargs: dict[str, Any], why: str) -> N
     except ValueError as invalid:
         # An invalid value is named as such first: "does not support group_size=0" reads as a feature limit.
         raise ValueError(
-            f"{strategy_cls.__name__}: {invalid}; {strategy_cls.__name__} takes only group_size=1 (the default): {why}"
+            f"{strategy_cls.__name__}: {invalid}; {strategy_cls.__name__} takes only group_size=1 (the default): "
+            f"{why}"
         ) from None
     raise ValueError(
         f"{strategy_cls.__name__} does not support group_size={value!r}: {why} Worker groups are available for "

@@ -33,7 +33,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from typing_extensions import override
 
-from lightning_delayed._compat import require
+from lightning_delayed._compat import checkpoint_connector
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -126,18 +126,8 @@ class ElasticSnapshots(Callback):
         self.resumed_step = newest
         self._last_saved = newest
         path = str(snapshot_path(self.dirpath, newest))
-        connector = require(
-            trainer,
-            "_checkpoint_connector",
-            "Trainer._checkpoint_connector",
-            "ElasticSnapshots resumes from a snapshot",
-        )
-        original = require(
-            connector,
-            "resume_start",
-            "_CheckpointConnector.resume_start",
-            "ElasticSnapshots resumes fit(ckpt_path=None) from the newest committed snapshot",
-        )
+        connector = checkpoint_connector(trainer)
+        original = connector.resume_start
 
         def resume_start(checkpoint_path: Any = None, weights_only: bool | None = None) -> None:
             connector.resume_start = original  # type: ignore[method-assign]  # once: a later fit looks again

@@ -327,3 +327,27 @@ def test_is_live_group(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(c10d, "_world")
     with pytest.raises(_compat.PrivateAPIError, match="_world"):
         _compat.is_live_group(object())
+
+
+def test_checkpoint_connector_resume_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    from lightning.pytorch.trainer.connectors.checkpoint_connector import _CheckpointConnector
+
+    from tests.helpers.models import RegressionModule, trainer
+
+    t = trainer(SSGDStrategy(), devices=1, max_steps=1)
+    connector = _compat.checkpoint_connector(t)
+    calls: list[object] = []
+    original = connector.resume_start
+
+    def counting(checkpoint_path: object = None, weights_only: object = None) -> None:
+        calls.append(checkpoint_path)
+        original(checkpoint_path, weights_only=weights_only)
+
+    connector.resume_start = counting
+    t.fit(RegressionModule(n_batches=2))
+    assert calls == [None], "fit no longer restores through resume_start: ElasticSnapshots would not resume"
+    del connector.resume_start  # the instance's replacement; then the method itself, as a rename would
+    monkeypatch.delattr(_CheckpointConnector, "resume_start")
+    with pytest.raises(_compat.PrivateAPIError) as excinfo:
+        _compat.checkpoint_connector(t)
+    assert_loud(excinfo, "_CheckpointConnector.resume_start")

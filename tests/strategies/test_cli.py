@@ -1,4 +1,4 @@
-"""LightningCLI with the strategies (plain name and ``class_path`` YAML) and the digits example."""
+"""LightningCLI with the strategies (plain name, class_path YAML), the digits example, DelayedLightningCLI errors."""
 
 from __future__ import annotations
 
@@ -217,3 +217,179 @@ def test_custom_hook_from_yaml_trains_on_two_ranks() -> None:
         # the hook saw every gradient bucket the DDP hook launched, as fp16 wire tensors only
         assert res["launches"] == {"gradients": res["ddp_hook_calls"]} and res["ddp_hook_calls"] >= 3
         assert res["bytes_sent"] == {"torch.float16": 3 * 2 * res["num_params"]}
+
+
+# --- DelayedLightningCLI: every mistake in a strategy's init_args first, each with its suggestion ---
+
+STRATEGY_NAMES = ["lightning_delayed.StreamingDiLoCoStrategy", "StreamingDiLoCoStrategy"]
+"""The class by full ``class_path`` and by the short name jsonargparse resolves among Strategy's subclasses."""
+
+
+def bad_config(tmp_path: Path, class_path: str, **init_args: object) -> str:
+    config = {
+        "trainer": {
+            "accelerator": "cpu",
+            "devices": 1,
+            "strategy": {"class_path": class_path, "init_args": {"delay": 1, **init_args}},
+        }
+    }
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return str(path)
+
+
+def delayed_cli_stderr(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str) -> list[str]:
+    """The lines ``DelayedLightningCLI(..., args=args)`` writes to stderr before it exits with status 2."""
+    from lightning_delayed.cli import DelayedLightningCLI
+
+    monkeypatch.setattr(sys, "argv", ["cli.py"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        DelayedLightningCLI(DigitsCNN, DigitsDataModule, run=False, save_config_callback=None, args=list(args))
+    assert info.value.code == 2
+    return capsys.readouterr().err.splitlines()
+
+
+@pytest.mark.parametrize("class_path", STRATEGY_NAMES)
+def test_delayed_cli_names_a_misspelled_init_arg_first_with_the_python_suggestion(
+    class_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lightning_delayed import StreamingDiLoCoStrategy
+
+    lines = delayed_cli_stderr(monkeypatch, capsys, "--config", bad_config(tmp_path, class_path, num_fragmnts=2))
+    with pytest.raises(TypeError) as python:
+        StreamingDiLoCoStrategy(num_fragmnts=2)
+    assert "did you mean 'num_fragments'?" in str(python.value)
+    assert lines[0] == f"trainer.strategy.init_args.num_fragmnts: {python.value}", lines[:3]
+    assert not any(line.startswith("usage:") for line in lines), lines[:3]
+
+
+@pytest.mark.parametrize("class_path", STRATEGY_NAMES)
+def test_delayed_cli_names_a_wrongly_typed_init_arg_first_with_the_expected_type(
+    class_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = delayed_cli_stderr(monkeypatch, capsys, "--config", bad_config(tmp_path, class_path, sync_every="eight"))
+    assert lines[0] == "trainer.strategy.init_args.sync_every: StreamingDiLoCoStrategy expects int, got 'eight'"
+    assert not any(line.startswith("usage:") for line in lines), lines[:3]
+
+
+def test_delayed_cli_reports_every_init_arg_problem_before_anything_else() -> None:
+    """The real command (examples/cli.py fit): a typo, a wrong type and a wrong Literal, all three, first."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = bad_config(
+            Path(tmp), "lightning_delayed.StreamingDiLoCoStrategy", sync_every="eight", num_fragmnts=2, fragments="strd"
+        )
+        proc = subprocess.run(
+            [sys.executable, str(CLI), "fit", "--config", config],
+            cwd=REPO,
+            env=child_env(OMP_NUM_THREADS="1", PYTHONPATH=str(REPO)),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT_S,
+        )
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-4000:]
+    lines = proc.stderr.splitlines()
+    assert lines[0] == "trainer.strategy.init_args.sync_every: StreamingDiLoCoStrategy expects int, got 'eight'"
+    assert lines[1].startswith("trainer.strategy.init_args.num_fragmnts: StreamingDiLoCoStrategy got an unexpected")
+    assert "did you mean 'num_fragments'?" in lines[1]
+    assert lines[2] == (
+        "trainer.strategy.init_args.fragments: StreamingDiLoCoStrategy expects "
+        "Literal['strided', 'sequential'], got 'strd'"
+    )
+    assert lines[3:] == ["tip: For details of accepted options run: cli.py fit --help"]
+
+
+def test_delayed_cli_checks_init_args_given_on_the_command_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = delayed_cli_stderr(
+        monkeypatch,
+        capsys,
+        "--trainer.devices=1",
+        "--trainer.strategy=StreamingDiLoCoStrategy",
+        "--trainer.strategy.init_args.num_fragmnts=2",
+    )
+    assert lines[0].startswith("trainer.strategy.init_args.num_fragmnts: "), lines[:3]
+    assert "did you mean 'num_fragments'?" in lines[0]
+
+
+def test_delayed_cli_without_exit_on_error_raises_the_problems_as_the_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import argparse
+
+    from lightning_delayed.cli import DelayedLightningCLI
+
+    monkeypatch.setattr(sys, "argv", ["cli.py"])
+    config = bad_config(tmp_path, "StreamingDiLoCoStrategy", sync_every="eight", num_fragmnts=2)
+    with pytest.raises(argparse.ArgumentError) as info:
+        DelayedLightningCLI(
+            DigitsCNN,
+            DigitsDataModule,
+            run=False,
+            save_config_callback=None,
+            parser_kwargs={"exit_on_error": False},
+            args=["--config", config],
+        )
+    lines = str(info.value).splitlines()
+    assert [line.split(":")[0] for line in lines] == [
+        "trainer.strategy.init_args.sync_every",
+        "trainer.strategy.init_args.num_fragmnts",
+    ]
+
+
+def test_delayed_cli_leaves_other_mistakes_and_good_strategies_to_jsonargparse(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from lightning_delayed import StreamingDiLoCoStrategy
+    from lightning_delayed.cli import DelayedLightningCLI
+
+    lines = delayed_cli_stderr(
+        monkeypatch, capsys, "--config", str(CONFIGS / "streaming_diloco.yaml"), "--model.lr=abc"
+    )
+    assert lines[0].startswith("usage:")
+    assert 'error: Parser key "model.lr":' in lines
+    cli = DelayedLightningCLI(
+        DigitsCNN,
+        DigitsDataModule,
+        run=False,
+        save_config_callback=None,
+        args=["--config", str(CONFIGS / "streaming_diloco.yaml"), "--trainer.devices=1"],
+    )
+    assert isinstance(cli.trainer.strategy, StreamingDiLoCoStrategy)
+    assert cli.trainer.strategy.config.sync_every == 8 and cli.trainer.strategy.config.num_fragments == 2
+
+
+def test_delayed_cli_keeps_a_parser_class_of_ones_own_and_names_base_argument_types(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Arguments declared by DelayedStrategy and DDPStrategy are named with their type too."""
+    from lightning.pytorch.cli import LightningArgumentParser
+
+    from lightning_delayed.cli import DelayedArgumentParser, DelayedLightningCLI
+
+    class MyParser(LightningArgumentParser):
+        pass
+
+    monkeypatch.setattr(sys, "argv", ["cli.py"])
+    config = bad_config(tmp_path, "DiLoCoStrategy", check_finite="maybe", model_averaging_period="often")
+    with pytest.raises(SystemExit):
+        DelayedLightningCLI(DigitsCNN, DigitsDataModule, run=False, parser_class=MyParser, args=["--config", config])
+    lines = capsys.readouterr().err.splitlines()
+    # bad_config's `delay: 1` is not a DiLoCo argument (it is Streaming DiLoCo's)
+    assert lines[0].startswith("trainer.strategy.init_args.delay: DiLoCoStrategy got an unexpected keyword argument")
+    assert lines[1] == "trainer.strategy.init_args.check_finite: DiLoCoStrategy expects bool, got 'maybe'"
+    assert lines[2] == (
+        "trainer.strategy.init_args.model_averaging_period: DiLoCoStrategy expects Optional[int], got 'often'"
+    )
+    cli = DelayedLightningCLI(
+        DigitsCNN,
+        DigitsDataModule,
+        run=False,
+        save_config_callback=None,
+        parser_class=MyParser,
+        args=["--config", str(CONFIGS / "diloco.yaml"), "--trainer.devices=1"],
+    )
+    assert isinstance(cli.parser, MyParser) and isinstance(cli.parser, DelayedArgumentParser)
