@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks.workloads.lm import main
+from benchmarks.workloads.lm.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

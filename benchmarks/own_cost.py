@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks.workloads.own_cost import main
+from benchmarks.workloads.own_cost.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -14,25 +14,22 @@ pair shaped with ``tbf`` to each bandwidth in turn. Without root the runner says
 loopback only. Each run starts both ranks as child processes (``ip netns exec``) with Lightning's
 environment variables (``MASTER_ADDR`` = rank 0's veth address, ``RANK``, ``WORLD_SIZE``,
 ``NODE_RANK``, ``LOCAL_RANK``) and ``OMP_NUM_THREADS=1``; they report through JSON files. On a
-real cluster, run the same worker (``--worker``, see :mod:`benchmarks.base.rank`) under torchrun or
+real cluster, run the same worker (``--worker``, see :mod:`benchmarks.base.tasks`) under torchrun or
 your scheduler.
 
 Plan of a full run, all on the same link(s) in one go (``--workloads`` picks the phases, in order):
 
-1. per bandwidth: all-reduce throughput of a ResNet-18-sized fp32 buffer (the link bound; every
-   bandwidth, also those without a throughput grid: the projection fits its link model to them);
-2. calibration: compute-only step time at two batch sizes, ``t(B) = a + b B``; for each shaped
-   bandwidth of the grid with all-reduce time ``A`` the batch of each ``--batch-settings`` entry is
-   chosen: ``allreduce_eq_compute``: ``t(B) = A`` (ssgd's all-reduce about equal to its compute),
-   ``ssgd_3x_compute``: ``t(B) = A / 2`` (ssgd's step about 3x the compute-only step); the unshaped
-   link uses ``--batch-size``. ``--batch-sizes`` overrides the choice;
-3. ``throughput``: ResNet-18 per (bandwidth of ``--throughput-bandwidths``, batch): ``--repeats``
-   rounds, each running every strategy once in the same order (A B C, A B C, ...), the compute-only
-   bound included, so slow drifts of the machine hit every strategy alike; each round's ratios are
-   taken against the same round's ssgd and compute-only runs;
-4. the phases of :data:`PHASES` (``own_cost``, ``lm``, ``peer``, ``scaling``), each from its own module;
-5. ``accuracy`` (not in the default): the digits CNN, every strategy but the compute-only bound,
-   ``--seeds-list``, ``--epochs``, on the slowest shaped link.
+1. ``throughput`` (:mod:`benchmarks.workloads.throughput`): per bandwidth the all-reduce of a
+   ResNet-18-sized buffer, the compute-only calibration and batch choice, then ResNet-18 per
+   (bandwidth of ``--throughput-bandwidths``, batch) in ``--repeats`` interleaved rounds of every
+   strategy (A B C, A B C, ...), the compute-only bound included;
+2. the phases of :data:`PHASES` (``own_cost``, ``lm``, ``peer``, ``scaling``), each declared once in
+   its own module (:class:`benchmarks.base.phase.Phase`);
+3. ``accuracy`` (:mod:`benchmarks.workloads.accuracy`, not in the default): the digits CNN.
+
+``--accelerator gpu`` runs every rank on its own CUDA device (``CUDA_VISIBLE_DEVICES`` = its rank,
+NCCL): the GPUs' own interconnect is the link, so nothing is emulated (no namespaces, one unshaped
+link), and the results' ``meta.accelerator`` says so.
 
 The JSON is written after every phase, so an interrupted run keeps what it measured.
 """
@@ -42,21 +39,20 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import importlib
-import json
 import signal
-import statistics
 import sys
-import tempfile
 import time
 import traceback
-from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from benchmarks.base import netns
-from benchmarks.base.launch import RunFailed, Runner, machine
-from benchmarks.base.rank import REPO, add_worker_args, run_worker
+from benchmarks.base import netns, schema
+from benchmarks.base.baselines import strategy_list
+from benchmarks.base.launch import Runner, log, machine, measured_link
+from benchmarks.base.phase import Phase
+from benchmarks.base.rank import REPO, gpu_problem
+from benchmarks.base.tasks import add_worker_args, run_worker
+from benchmarks.workloads import accuracy, throughput
 
 RESULTS = REPO / "benchmarks" / "results"
 DEFAULT_BANDWIDTHS = "unshaped,1gbit,200mbit"
@@ -71,16 +67,10 @@ PHASES: dict[str, str] = {
     "peer": "benchmarks.workloads.peer",
     "scaling": "benchmarks.workloads.scaling",
 }
-"""Phase name -> module with ``add_args(parser)``, ``measure(args, shaped, runner, out)``, ``section(data, img_dir)``.
+"""Phase name -> the module that declares it (``PHASE = Phase(...)``, :class:`benchmarks.base.phase.Phase`).
 
-Optional: ``estimate_s(args) -> float``, the phase's run time on a quiet machine, for the budget printed at start.
+Adding a workload: its module, and one line here. Modules are imported only when asked for.
 """
-CALIBRATION_BATCHES = (16, 64)
-MIN_BATCH, MAX_BATCH = 4, 512
-PROBE_WARMUP, PROBE_STEPS = 1, 8
-"""Calibration and batch-probe runs only choose a batch (20 % tolerance): short runs keep the budget."""
-STARTUP_S = 10.0
-"""Seconds one pair of worker processes needs before its first step (imports, process group)."""
 TAIL = 3000
 
 
@@ -88,13 +78,26 @@ PHASE_ERRORS: dict[str, str] = {}
 """Why a phase's module could not be imported (reported only if that phase is asked for)."""
 
 
-def load_phase(name: str) -> ModuleType | None:
-    """The module of phase ``name``, or None if it cannot be imported (not written yet, a dependency missing)."""
+def load_phase(name: str) -> Phase | None:
+    """The declared phase ``name``, or None if its module cannot be imported (a dependency missing).
+
+    Raises:
+        TypeError: the module declares no ``PHASE``, or one of another name.
+    """
     try:
-        return importlib.import_module(PHASES[name])
+        module = importlib.import_module(PHASES[name])
     except ImportError as e:
         PHASE_ERRORS[name] = f"{type(e).__name__}: {e}"
         return None
+    phase = getattr(module, "PHASE", None)
+    if not isinstance(phase, Phase) or phase.name != name:
+        raise TypeError(f"module {PHASES[name]} must declare PHASE = Phase(name={name!r}, ...), got {phase!r}")
+    return phase
+
+
+def phases() -> dict[str, Phase | str]:
+    """Every registered phase in registry order (for the report): its declaration, else its module's path."""
+    return {name: load_phase(name) or module for name, module in PHASES.items()}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -133,11 +136,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.set_defaults(warmup=None)  # the runner's default (3) differs from a bare worker's (2)
     missing = set()
     for name in PHASES:
-        module = load_phase(name)
-        if module is None:
+        phase = load_phase(name)
+        if phase is None:
             missing.add(name)
         else:
-            module.add_args(p)
+            phase.add_args(p)
     args = p.parse_args(argv)
     quick = args.quick
     explicit_bandwidths = args.bandwidths is not None
@@ -164,8 +167,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.skipped_phases = absent  # default list only: a phase whose module is not there yet is left out, with a note
     args.workload_list = [w for w in workloads if w not in absent]
     settings = [s.strip() for s in args.batch_settings.split(",") if s.strip()]
-    if not settings or any(s not in TARGET_RATIOS for s in settings):
-        p.error(f"--batch-settings must list of {list(TARGET_RATIOS)}, got {args.batch_settings!r}")
+    if not settings or any(s not in throughput.TARGET_RATIOS for s in settings):
+        p.error(f"--batch-settings must list of {list(throughput.TARGET_RATIOS)}, got {args.batch_settings!r}")
     args.setting_list = settings
     try:
         args.rates = [netns.parse_rate(b) for b in args.bandwidths.split(",") if b.strip()]
@@ -182,173 +185,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--throughput-bandwidths {extra} are not in --bandwidths {args.bandwidths!r}")
     if any(b < 1 for b in args.batch_list):
         p.error(f"--batch-sizes must be >= 1, got {args.batch_sizes!r}")
+    if args.accelerator == "gpu" and not args.worker and not args.report_only:
+        problem = gpu_problem(2)
+        if problem:
+            p.error(f"--accelerator gpu: {problem}")
     return args
-
-
-def strategy_list(args: argparse.Namespace) -> list[str]:
-    from benchmarks.base.baselines import all_names
-
-    known = all_names()
-    names = [s.strip() for s in args.strategies.split(",") if s.strip()] or known
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise SystemExit(f"error: unknown strategies {unknown}; known: {known}")
-    if "ssgd" in names:
-        names = ["ssgd", *[n for n in names if n != "ssgd"]]
-    return names
-
-
-def interleave(names: list[str], repeats: int) -> list[tuple[int, str]]:
-    """(round, strategy) in run order: every strategy once per round, rounds one after the other (A B, A B)."""
-    return [(r, name) for r in range(repeats) for name in names]
-
-
-def choose_batches(a: float, b: float, allreduce_s: float) -> dict[str, int]:
-    """Batch sizes where compute-only ``t(B) = a + b B`` equals ``A`` and ``A / 2``."""
-    out = {}
-    for label, target in (("allreduce_eq_compute", allreduce_s), ("ssgd_3x_compute", allreduce_s / 2)):
-        batch = round((target - a) / b) if b > 0 else MAX_BATCH
-        out[label] = int(min(MAX_BATCH, max(MIN_BATCH, batch)))
-    return out
-
-
-TARGET_RATIOS = {"allreduce_eq_compute": 2.0, "ssgd_3x_compute": 3.0}
-"""ssgd step / compute-only step wanted for each setting (all-reduce = compute means a ratio of 2)."""
-
-
-def refine_batches(
-    batches: dict[str, int], cal: dict[str, Any], run_ssgd: Callable[[int], dict[str, Any]]
-) -> dict[str, dict[str, Any]]:
-    """Run ssgd at each chosen batch; if its step ratio misses the target by > 20 %, move the batch once.
-
-    The first choice assumes ssgd hides none of its all-reduce; DDP hides part of it behind
-    backward, so the ratio comes out lower. The exposed part ``E = step - t(B)`` measured at the
-    first choice gives the batch where ``t(B') = E / (ratio - 1)``. The ssgd run at the first batch
-    stays in the results as a "probe" (the rounds measure ssgd again beside the others).
-    """
-    choice: dict[str, dict[str, Any]] = {}
-    for label, batch in batches.items():
-        target = TARGET_RATIOS[label]
-        entry = run_ssgd(batch)
-        info: dict[str, Any] = {"first": batch, "final": batch, "target_ratio": target}
-        if entry["status"] == "ok":
-            step = max(r["step_s"] for r in entry["ranks"])
-            t_model = cal["a"] + cal["b"] * batch
-            info["first_ratio"] = step / t_model
-            if abs(info["first_ratio"] / target - 1) > 0.2 and cal["b"] > 0:
-                exposed = max(0.0, step - t_model)
-                final = round((exposed / (target - 1) - cal["a"]) / cal["b"])
-                info["final"] = int(min(MAX_BATCH, max(MIN_BATCH, final)))
-        choice[label] = info
-    return choice
-
-
-def previous_results(directory: Path) -> dict[str, Any] | None:
-    """The newest dated results JSON in ``directory`` (for the budget estimate), or None."""
-    from benchmarks.report import page as report
-
-    try:
-        return dict(json.loads(report.latest_json(directory).read_text()))
-    except (SystemExit, OSError, ValueError):
-        return None
-
-
-def step_estimate(prev: dict[str, Any], bandwidth: str, batch: int | None, name: str) -> float:
-    """A previous run's step time of ``name`` on ``bandwidth`` at the batch nearest ``batch``.
-
-    Falls back to the median over strategies on that link (a strategy the previous run lacked),
-    then over everything, then 1 s.
-    """
-    ok = [e for e in prev.get("throughput", []) if e.get("status") == "ok"]
-
-    def step(e: dict[str, Any]) -> float:
-        return float(max(r["step_s"] for r in e["ranks"]))
-
-    def nearest(es: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        if batch is None or not es:
-            return es
-        best = min(abs(e["batch_size"] - batch) for e in es)
-        return [e for e in es if abs(e["batch_size"] - batch) == best]
-
-    for pool in (
-        [e for e in ok if e["bandwidth"] == bandwidth and e["strategy"] == name],
-        [e for e in ok if e["bandwidth"] == bandwidth],
-        ok,
-    ):
-        pool = nearest(pool)
-        if pool:
-            return float(statistics.median(step(e) for e in pool))
-    return 1.0
-
-
-def previous_batch(prev: dict[str, Any], bandwidth: str, setting: str) -> int | None:
-    for link in prev.get("links", []):
-        if link["bandwidth"] == bandwidth:
-            batches = link.get("batches", {})
-            if setting in batches:
-                return int(batches[setting])
-            if batches:
-                return int(next(iter(batches.values())))
-    return None
-
-
-def estimate_throughput_s(args: argparse.Namespace, names: list[str], prev: dict[str, Any]) -> dict[str, float]:
-    """Seconds of the throughput phase on a quiet machine, per part, from a previous run's step times.
-
-    Each pair of processes costs :data:`STARTUP_S` plus (warm-up + steps) x its step time.
-    """
-    run_steps = args.warmup + args.steps
-    short = min(args.warmup, PROBE_WARMUP) + min(args.steps, PROBE_STEPS)
-    parts: dict[str, float] = {}
-    allreduce = 0.0
-    for rate in args.rates:
-        label = netns.format_rate(rate)
-        link = next((x for x in prev.get("links", []) if x["bandwidth"] == label and x.get("allreduce")), None)
-        a = link["allreduce"]["seconds_per_op"] if link else 1.0
-        allreduce += STARTUP_S + (1 + (1 if args.quick else 3)) * a  # one warm-up op, then the timed ones
-    parts["all-reduce"] = allreduce
-    shaped_grid = [r for r in args.grid_rates if r is not None]
-    if shaped_grid and not args.batch_list:
-        parts["calibration"] = sum(
-            STARTUP_S + short * step_estimate(prev, "unshaped", b, "compute_only") for b in CALIBRATION_BATCHES
-        )
-    for rate in args.grid_rates:
-        label = netns.format_rate(rate)
-        if args.batch_list:
-            batches = list(args.batch_list)
-        elif rate is None:
-            batches = [args.batch_size]
-        else:
-            batches = [previous_batch(prev, label, s) or args.batch_size for s in args.setting_list]
-        total = 0.0
-        for batch in batches:
-            if rate is not None and not args.batch_list and "ssgd" in names:
-                total += STARTUP_S + short * step_estimate(prev, label, batch, "ssgd")  # the batch probe
-            for _, name in interleave(names, args.repeats):
-                total += STARTUP_S + run_steps * step_estimate(prev, label, batch, name)
-        parts[f"throughput {label}"] = total
-    return parts
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def print_budget(args: argparse.Namespace) -> None:
     """Log the expected duration of the run (quiet machine), from the previous results in ``--out``/the repo."""
-    prev = previous_results(args.out) or previous_results(RESULTS)
+    prev = throughput.previous_results(args.out) or throughput.previous_results(RESULTS)
     parts: dict[str, float] = {}
     if "throughput" in args.workload_list:
         if prev is None:
             log("budget: no previous results to estimate the throughput phase from")
         else:
-            parts.update(estimate_throughput_s(args, strategy_list(args), prev))
+            names = strategy_list(args.strategies)
+            parts.update(throughput.estimate_throughput_s(args, names, prev))
     for name in args.workload_list:
-        if name in PHASES:
-            module = load_phase(name)
-            estimate = getattr(module, "estimate_s", None)
-            if estimate is not None:
-                parts[name] = float(estimate(args))
+        if name in PHASES and (phase := load_phase(name)) is not None:
+            parts[name] = float(phase.estimate_s(args))
     if parts:
         detail = ", ".join(f"{k} {v / 60:.1f}" for k, v in parts.items())
         log(f"budget estimate (quiet machine): {sum(parts.values()) / 60:.1f} min ({detail} min)")
@@ -357,18 +213,18 @@ def print_budget(args: argparse.Namespace) -> None:
 def measure(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, out: dict[str, Any]) -> None:
     """Every phase of ``args.workload_list`` in order; the JSON is written after each."""
     if "throughput" in args.workload_list:
-        measure_throughput(args, shaped, runner, out)
+        throughput.measure(args, shaped, runner, out, write_json)
         write_json(args, out)
     for name in args.workload_list:
         if name == "accuracy":
-            measure_accuracy(args, shaped, runner, out)
+            accuracy.measure(args, shaped, runner, out, write_json)
         elif name in PHASES:
-            module = load_phase(name)
-            assert module is not None  # parse_args dropped or refused missing phases
+            phase = load_phase(name)
+            assert phase is not None  # parse_args dropped or refused missing phases
             log(f"phase {name} ({PHASES[name]})")
             t0 = time.monotonic()
             try:
-                module.measure(args, shaped, runner, out)
+                phase.measure(args, shaped, runner, out)
             except Exception as e:  # one broken phase must not lose the others' results
                 log(f"phase {name} FAILED: {e}")
                 out[name] = {"status": "failed", "error": traceback.format_exc()[-TAIL:]}
@@ -376,119 +232,23 @@ def measure(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, 
         write_json(args, out)
 
 
-def measure_throughput(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, out: dict[str, Any]) -> None:
-    from benchmarks.base.rank import resnet18_grad_bytes
-
-    names = strategy_list(args)
-    common = ["--warmup", str(args.warmup), "--steps", str(args.steps)]
-    short = ["--warmup", str(min(args.warmup, PROBE_WARMUP)), "--steps", str(min(args.steps, PROBE_STEPS))]
-
-    def throughput(
-        rate: int | None, batch: int, name: str, role: str = "compare", round_: int | None = None
-    ) -> dict[str, Any]:
-        entry: dict[str, Any] = {
-            "bandwidth": netns.format_rate(rate),
-            "bps": rate,
-            "batch_size": batch,
-            "strategy": name,
-            "role": role,  # "calibration" and "probe" runs are not compared in the report
-        }
-        if round_ is not None:
-            entry["round"] = round_
-        t0 = time.monotonic()
-        try:
-            steps = common if role == "compare" else short
-            entry["ranks"] = runner.run("throughput", ["--strategy", name, "--batch-size", str(batch), *steps])
-            entry["status"] = "ok"
-            sps = sum(r["samples_per_s"] for r in entry["ranks"])
-            where = "" if round_ is None else f" round {round_ + 1}/{args.repeats}"
-            log(f"  {name:18s} B={batch:<4d} {sps:8.1f} samples/s ({time.monotonic() - t0:.0f} s){where}")
-        except RunFailed as e:
-            entry.update(status="failed", error=str(e))
-            log(f"  {name}: FAILED ({str(e).splitlines()[0]})")
-        out["throughput"].append(entry)
-        return entry
-
-    nbytes = resnet18_grad_bytes()
-    if not args.batch_list and any(r is not None for r in args.grid_rates):  # calibrate the compute-only step
-        shaped.shape(None)
-        for batch in CALIBRATION_BATCHES:
-            throughput(None, batch, "compute_only", role="calibration")
-        pts = [
-            (e["batch_size"], max(r["step_s"] for r in e["ranks"]))
-            for e in out["throughput"]
-            if e["role"] == "calibration" and e["status"] == "ok"
-        ]
-        if len(pts) == 2:
-            (b1, t1), (b2, t2) = pts
-            slope = (t2 - t1) / (b2 - b1)
-            out["calibration"] = {"points": pts, "a": t1 - slope * b1, "b": slope}
-    for rate in args.rates:
-        shaped.shape(rate)
-        label = netns.format_rate(rate)
-        log(f"link {label}: all-reduce of {nbytes / 1e6:.1f} MB")
-        try:
-            ranks = runner.run("allreduce", ["--nbytes", str(nbytes), "--reps", "1" if args.quick else "3"])
-            link = {"bandwidth": label, "bps": rate, "allreduce": max(ranks, key=lambda r: r["seconds_per_op"])}
-        except RunFailed as e:
-            link = {"bandwidth": label, "bps": rate, "allreduce": None, "error": str(e)}
-        out["links"].append(link)
-        if rate not in args.grid_rates:
-            log(f"link {label}: all-reduce only (not in --throughput-bandwidths)")
-            continue
-        batches: dict[str, int] = {}
-        if args.batch_list:
-            batches = {f"batch {b}": b for b in args.batch_list}
-        elif rate is None or link["allreduce"] is None or "calibration" not in out:
-            batches = {"default": args.batch_size}
-        else:
-            cal = out["calibration"]
-            chosen = choose_batches(cal["a"], cal["b"], link["allreduce"]["seconds_per_op"])
-            batches = {s: chosen[s] for s in args.setting_list}
-            if "ssgd" in names:
-
-                def probe(batch: int, rate: int | None = rate) -> dict[str, Any]:
-                    return throughput(rate, batch, "ssgd", role="probe")
-
-                link["batch_choice"] = refine_batches(batches, cal, probe)
-                batches = {k: v["final"] for k, v in link["batch_choice"].items()}
-        link["batches"] = batches
-        log(f"link {label}: batches {batches}, {args.repeats} interleaved rounds of {len(names)} strategies")
-        for batch in sorted(set(batches.values())):
-            for round_, name in interleave(names, args.repeats):
-                throughput(rate, batch, name, round_=round_)
-        write_json(args, out)
-
-
-def measure_accuracy(args: argparse.Namespace, shaped: netns.ShapedLink, runner: Runner, out: dict[str, Any]) -> None:
-    names = strategy_list(args)
-    shaped_rates = [r for r in args.rates if r is not None]
-    rate = min(shaped_rates) if shaped_rates else None
-    shaped.shape(rate)
-    log(f"accuracy: digits on {netns.format_rate(rate)}")
-    for name in [n for n in names if n != "compute_only"]:
-        entry: dict[str, Any] = {"strategy": name, "bandwidth": netns.format_rate(rate), "bps": rate, "runs": []}
-        extra = ["--strategy", name, "--epochs", str(args.epochs), "--batch-size", "32"]
-        t0 = time.monotonic()
-        try:  # all seeds in one pair of processes; if that fails, one pair per seed
-            entry["runs"] = runner.run("digits", [*extra, "--seeds", args.seeds_list])[0]["runs"]
-        except RunFailed as e:
-            entry["error"] = str(e)
-            for seed in args.seed_ints if len(args.seed_ints) > 1 else []:
-                try:
-                    entry["runs"] += runner.run("digits", [*extra, "--seeds", str(seed)])[0]["runs"]
-                except RunFailed as e:
-                    entry["error"] = str(e)
-        entry["status"] = "ok" if len(entry["runs"]) == len(args.seed_ints) else "failed"
-        accs = [r["epochs"][-1]["acc"] for r in entry["runs"] if r["epochs"]]
-        log(f"  {name:18s} acc {accs} ({time.monotonic() - t0:.0f} s)")
-        out["accuracy"].append(entry)
-        write_json(args, out)
-
-
 def write_json(args: argparse.Namespace, out: dict[str, Any]) -> None:
+    """Validate the results (:mod:`benchmarks.base.schema`) and write them to ``meta.json_path``."""
     args.out.mkdir(parents=True, exist_ok=True)
-    Path(out["meta"]["json_path"]).write_text(json.dumps(out, indent=1))
+    schema.write(Path(out["meta"]["json_path"]), out, PHASES)
+
+
+def link_plan(args: argparse.Namespace) -> tuple[bool, str]:
+    """Whether the links are emulated (network namespaces), and why not.
+
+    On GPUs the ranks talk over NCCL on the machine's own interconnect: the veth pairs of the
+    namespaces would not carry that traffic, so there is nothing to shape.
+    """
+    if args.accelerator == "gpu":
+        return False, "--accelerator gpu: NCCL over the GPUs' own interconnect, no link emulation"
+    if args.loopback:
+        return False, "--loopback given"
+    return netns.can_emulate()
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -503,16 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.report import page as report
 
     if args.report_only:
-        path = report.latest_json(args.out)
-        report.write_report(json.loads(path.read_text()), args.docs)
+        path = schema.latest(args.out)
+        report.write_report(schema.load(path, PHASES), args.docs, phases())
         log(f"report rebuilt from {path} -> {args.docs}")
         return 0
 
-    ok, why = netns.can_emulate()
-    if args.loopback:
-        ok, why = False, "--loopback given"
-    if not ok and any(r is not None for r in args.rates):
-        log(f"NOTE: {why}; running on loopback only, unshaped (bandwidths {args.bandwidths} ignored)")
+    ok, why = link_plan(args)
+    if not ok and (args.accelerator == "gpu" or any(r is not None for r in args.rates)):
+        where = "on the GPUs" if args.accelerator == "gpu" else "on loopback only"
+        log(f"NOTE: {why}; running {where}, unshaped (bandwidths {args.bandwidths} ignored)")
         args.rates = [None]
         args.grid_rates = [None]
     from benchmarks.base.baselines import SYNC_EVERY, strategy_kwargs
@@ -526,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
             "versions": versions(),
             "emulated": ok,
             "fallback_reason": None if ok else why,
+            "accelerator": args.accelerator,
             "quick": args.quick,
             "bandwidths": [netns.format_rate(r) for r in args.rates],
             "steps": args.steps,
@@ -535,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             "workloads": args.workload_list,
             "skipped_phases": args.skipped_phases,
             "sync_every": SYNC_EVERY,
-            "strategy_kwargs": {n: strategy_kwargs(n) for n in strategy_list(args)},
+            "strategy_kwargs": {n: strategy_kwargs(n) for n in strategy_list(args.strategies)},
             "epochs": args.epochs,
             "seeds": args.seed_ints,
             "target_acc": args.target_acc,
@@ -547,29 +307,20 @@ def main(argv: list[str] | None = None) -> int:
         "accuracy": [],
     }
     if args.skipped_phases:
-        why = "; ".join(f"{w}: {PHASE_ERRORS.get(w, '?')}" for w in args.skipped_phases)
-        log(f"NOTE: phases {args.skipped_phases} of the default list left out, they cannot be loaded ({why})")
+        causes = "; ".join(f"{w}: {PHASE_ERRORS.get(w, '?')}" for w in args.skipped_phases)
+        log(f"NOTE: phases {args.skipped_phases} of the default list left out, they cannot be loaded ({causes})")
     print_budget(args)
     start = time.monotonic()
     # SIGTERM must run the finally blocks below (namespace removal) like Ctrl-C does.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        with tempfile.TemporaryDirectory(prefix="ldbench-") as tmp:
-            if ok:
-                removed = netns.remove_stale()
-                if removed:
-                    log(f"removed stale namespaces of earlier runs: {removed}")
-                with netns.emulated_link() as shaped:
-                    log(f"emulated link: namespaces {shaped.link.namespaces}")
-                    measure(args, shaped, Runner(shaped.link, Path(tmp), args.timeout), out)
-            else:
-                shaped = netns.ShapedLink(netns.LOOPBACK, netns.run_command)
-                measure(args, shaped, Runner(netns.LOOPBACK, Path(tmp), args.timeout), out)
+        with measured_link(args.timeout, accelerator=args.accelerator, plan=(ok, why), note=False) as (shaped, runner):
+            measure(args, shaped, runner, out)
     finally:
         signal.signal(signal.SIGTERM, previous)
     out["meta"]["total_s"] = time.monotonic() - start
     write_json(args, out)
-    report.write_report(out, args.docs)
+    report.write_report(out, args.docs, phases())
     log(f"done in {out['meta']['total_s']:.0f} s: {out['meta']['json_path']} and {args.docs}")
     return 0
 

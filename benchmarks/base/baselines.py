@@ -175,3 +175,19 @@ def strategy_kwargs(name: str, sync_every: int = SYNC_EVERY) -> dict[str, Any]:
 
 OVERLAPPING_EXCLUDED = ("ssgd", "local_sgd", "diloco")
 """Our strategies that do not overlap communication (the overlap target excludes them)."""
+
+
+def strategy_list(spec: str) -> list[str]:
+    """The strategies of a comma-separated ``--strategies`` value (empty: every one), ``ssgd`` first.
+
+    Raises:
+        SystemExit: naming the unknown ones and the known names.
+    """
+    known = all_names()
+    names = [s.strip() for s in spec.split(",") if s.strip()] or known
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"error: unknown strategies {unknown}; known: {known}")
+    if "ssgd" in names:
+        names = ["ssgd", *[n for n in names if n != "ssgd"]]
+    return names

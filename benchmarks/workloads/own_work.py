@@ -4,7 +4,7 @@ The end-to-end own cost (:mod:`benchmarks.workloads.own_cost`) divides two noisy
 175 ms; an algorithm's extra 10-20 ms hides in their spread on a shared 2-core machine. Here the
 rule itself is timed: the core objects of :mod:`lightning_delayed.core`, built on ResNet-18's
 parameters and float buffers as the strategies build them, with
-:class:`~benchmarks.workloads.own_cost.FreeHook` as their communication, driven through the optimizer-step
+:class:`~benchmarks.base.free_hook.FreeHook` as their communication, driven through the optimizer-step
 hooks exactly as the strategies drive them::
 
     own work = time(hook launch + before_optimizer_step + optimizer.step() + after_optimizer_step)
@@ -59,7 +59,7 @@ class _Launched:
 
 def build_rule(name: str, module: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, _Launched | None]:
     """The core rule ``name`` on ``module`` with free communication, and its gradient communicator if it has one."""
-    from benchmarks.workloads.own_cost import FreeHook
+    from benchmarks.base.free_hook import FreeHook
     from lightning_delayed.core.dasgd import DaSGD, DaSGDConfig, cocodsgd_config
     from lightning_delayed.core.diloco import DiLoCo, DiLoCoConfig
     from lightning_delayed.core.local_sgd import LocalSGD, LocalSGDConfig

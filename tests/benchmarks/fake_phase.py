@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from benchmarks.base.phase import Phase
+
 if TYPE_CHECKING:
     import argparse
     from pathlib import Path
@@ -25,3 +27,6 @@ def measure(args: argparse.Namespace, shaped: Any, runner: Any, out: dict[str, A
 
 def section(data: dict[str, Any], img_dir: Path) -> str:
     return f"## Fake phase\n\nsize {data['fake']['size']}\n"
+
+
+PHASE = Phase(name="fake", add_args=add_args, measure=measure, section=section, estimate_s=estimate_s, writes=("fake",))

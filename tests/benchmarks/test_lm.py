@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 from typing import TYPE_CHECKING, Any
 
-from benchmarks.workloads import lm
+from benchmarks.workloads.lm import common as lm_common
+from benchmarks.workloads.lm import report as lm_report
+from benchmarks.workloads.lm import runner as lm_runner
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -17,15 +19,15 @@ def _points(*pairs: tuple[float, float]) -> list[dict[str, float]]:
 
 def test_time_to_target_is_the_first_validation_at_or_below_it() -> None:
     pts = _points((5.0, 3.0), (10.0, 2.5), (15.0, 2.2), (20.0, 2.6), (25.0, 2.1))
-    assert lm.time_to_target(pts, 2.5) == 10.0  # "at" counts
-    assert lm.time_to_target(pts, 2.3) == 15.0  # the first crossing, not the last
-    assert lm.time_to_target(pts, 2.0) is None
-    assert lm.time_to_target([], 9.0) is None
+    assert lm_common.time_to_target(pts, 2.5) == 10.0  # "at" counts
+    assert lm_common.time_to_target(pts, 2.3) == 15.0  # the first crossing, not the last
+    assert lm_common.time_to_target(pts, 2.0) is None
+    assert lm_common.time_to_target([], 9.0) is None
 
 
 def test_spread_and_summary_report_not_reached_runs_with_their_final_loss() -> None:
-    assert lm.spread([]) is None
-    assert lm.spread([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0}
+    assert lm_common.spread([]) is None
+    assert lm_common.spread([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0}
     entry = {
         "strategy": "ssgd",
         "runs": [
@@ -34,7 +36,7 @@ def test_spread_and_summary_report_not_reached_runs_with_their_final_loss() -> N
             {"seed": 2, "points": _points((3.0, 2.2), (6.0, 2.1)), "steps": 20, "wall_s": 6.0},
         ],
     }
-    row = lm.summarize(entry, 2.3)
+    row = lm_common.summarize(entry, 2.3)
     assert (row["seeds"], row["reached"]) == (3, 2)
     assert row["time_to_target_s"] == {"median": 5.5, "min": 3.0, "max": 8.0}
     assert row["not_reached"] == [{"seed": 1, "final_loss": 2.4}]
@@ -43,12 +45,12 @@ def test_spread_and_summary_report_not_reached_runs_with_their_final_loss() -> N
 
 
 def test_sync_periods_and_options() -> None:
-    assert lm.sync_every("diloco") == lm.sync_every("streaming_diloco") == lm.DILOCO_SYNC_EVERY
-    assert lm.sync_every("cocodsgd") == lm.SYNC_EVERY
+    assert lm_common.sync_every("diloco") == lm_common.sync_every("streaming_diloco") == lm_common.DILOCO_SYNC_EVERY
+    assert lm_common.sync_every("cocodsgd") == lm_common.SYNC_EVERY
     p = argparse.ArgumentParser()
-    lm.add_args(p)
+    lm_runner.add_args(p)
     args = p.parse_args([])
-    assert args.lm_strategies.split(",") == list(lm.STRATEGIES)
+    assert args.lm_strategies.split(",") == list(lm_common.STRATEGIES)
     assert all(a.dest.startswith("lm_") for a in p._actions if a.dest != "help")
 
 
@@ -64,7 +66,7 @@ def test_section_renders_table_plot_and_failures(tmp_path: Path) -> None:
         "lm": {
             "bandwidth": "200mbit",
             "emulated": True,
-            "model": dict(lm.MODEL),
+            "model": dict(lm_common.MODEL),
             "batch_size": 16,
             "optimizer": "AdamW",
             "sync_every": {"cocodsgd": 4, "diloco": 10},
@@ -89,19 +91,19 @@ def test_section_renders_table_plot_and_failures(tmp_path: Path) -> None:
             ],
         }
     }
-    data["lm"]["summary"] = [lm.summarize(data["lm"]["entries"][0], 2.3)]
-    text = lm.section(data, tmp_path)
+    data["lm"]["summary"] = [lm_common.summarize(data["lm"]["entries"][0], 2.3)]
+    text = lm_report.section(data, tmp_path)
     assert text.startswith("## ")
     assert "| `ssgd` | 1/1 | 10.0 (10.0-10.0) |" in text
     assert "| `odsgd` | failed |" in text
     assert "`diloco` 10" in text
     assert (tmp_path / "benchmarks_lm.png").stat().st_size > 0
-    assert lm.section({}, tmp_path) == ""
+    assert lm_report.section({}, tmp_path) == ""
 
 
 def test_schedule_is_one_pair_per_strategy_or_seed_major() -> None:
-    assert lm.schedule(["a", "b"], [0, 1], interleave=False) == [("a", [0, 1]), ("b", [0, 1])]
-    assert lm.schedule(["a", "b"], [0, 1], interleave=True) == [("a", [0]), ("b", [0]), ("a", [1]), ("b", [1])]
+    assert lm_common.schedule(["a", "b"], [0, 1], interleave=False) == [("a", [0, 1]), ("b", [0, 1])]
+    assert lm_common.schedule(["a", "b"], [0, 1], interleave=True) == [("a", [0]), ("b", [0]), ("a", [1]), ("b", [1])]
 
 
 def test_every_seed_of_a_worker_trains_although_lightning_drops_world_size_after_a_fit(tmp_path: Path) -> None:
@@ -119,7 +121,7 @@ def test_every_seed_of_a_worker_trains_although_lightning_drops_world_size_after
     cmd = [
         sys.executable,
         "-m",
-        "benchmarks.workloads.lm",
+        "benchmarks.workloads.lm.cli",
         "--worker",
         "--strategy",
         "ssgd",

@@ -8,7 +8,10 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from benchmarks import run
+from benchmarks.base import schema
+from benchmarks.report import metrics
 from benchmarks.report import page as report
+from benchmarks.workloads import throughput
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -56,6 +59,7 @@ def results(tmp_path: Path) -> dict[str, Any]:
             "machine": {"cpu": "test cpu", "cores": 2, "memory_bytes": 2**30, "system": "Linux"},
             "versions": dict.fromkeys(("torch", "lightning", "torchvision", "lightning_delayed", "python"), "1"),
             "emulated": True,
+            "fallback_reason": None,
             "quick": False,
             "bandwidths": ["unshaped"],
             "throughput_bandwidths": ["unshaped"],
@@ -70,14 +74,20 @@ def results(tmp_path: Path) -> dict[str, Any]:
             "command": "python -m benchmarks.run",
             "json_path": str(tmp_path / "20261122-020000.json"),
         },
-        "links": [{"bandwidth": "unshaped", "bps": None, "allreduce": {"bytes_per_s": 1e9, "seconds_per_op": 0.05}}],
+        "links": [
+            {
+                "bandwidth": "unshaped",
+                "bps": None,
+                "allreduce": {"nbytes": 50_000_000, "bytes_per_s": 1e9, "seconds_per_op": 0.05},
+            }
+        ],
         "throughput": throughput,
         "accuracy": [],
     }
 
 
 def test_rounds_run_every_strategy_once_in_the_same_order() -> None:
-    assert run.interleave(["a", "b", "c"], 2) == [(0, "a"), (0, "b"), (0, "c"), (1, "a"), (1, "b"), (1, "c")]
+    assert throughput.interleave(["a", "b", "c"], 2) == [(0, "a"), (0, "b"), (0, "c"), (1, "a"), (1, "b"), (1, "c")]
 
 
 def test_ratios_are_taken_per_round_then_summarised_as_median_and_range(tmp_path: Path) -> None:
@@ -115,9 +125,9 @@ def test_a_failed_repeat_is_counted_and_the_others_still_summarised(tmp_path: Pa
 def test_latest_json_picks_only_dated_results(tmp_path: Path) -> None:
     for name in ("20261121-131116.json", "20261122-010203.json", "contention-20261123-000000.json", "groups_wire.json"):
         (tmp_path / name).write_text("{}")
-    assert report.latest_json(tmp_path).name == "20261122-010203.json"
+    assert schema.latest(tmp_path).name == "20261122-010203.json"
     with pytest.raises(SystemExit, match="no results JSON"):
-        report.latest_json(tmp_path / "contention-only")
+        schema.latest(tmp_path / "contention-only")
 
 
 def test_budget_estimate_counts_start_up_and_warm_up_plus_steps_per_run() -> None:
@@ -134,14 +144,14 @@ def test_budget_estimate_counts_start_up_and_warm_up_plus_steps_per_run() -> Non
     }
     argv = ["--bandwidths", "unshaped,1gbit", "--throughput-bandwidths", "1gbit", "--strategies", "ssgd,compute_only"]
     args = run.parse_args([*argv, "--repeats", "2", "--steps", "4", "--warmup", "1", "--workloads", "throughput"])
-    parts = run.estimate_throughput_s(args, run.strategy_list(args), prev)
-    start = run.STARTUP_S
+    parts = throughput.estimate_throughput_s(args, throughput.strategy_list(args.strategies), prev)
+    start = throughput.STARTUP_S
     assert parts["all-reduce"] == pytest.approx(start + 4 * 0.1 + start + 4 * 0.5)  # 1 warm-up + 3 timed ops
     assert parts["calibration"] == pytest.approx(2 * (start + 5 * 0.2))  # nearest batch of compute_only
     probe, rounds = start + 5 * 0.6, 2 * (start + 5 * 0.6 + start + 5 * 0.1)
     assert parts["throughput 1gbit"] == pytest.approx(probe + rounds)
     assert "throughput unshaped" not in parts  # all-reduce only there
-    assert run.step_estimate(prev, "1gbit", 20, "odsgd") == pytest.approx(0.35)  # unknown: the link's median
+    assert throughput.step_estimate(prev, "1gbit", 20, "odsgd") == pytest.approx(0.35)  # unknown: the link's median
 
 
 def test_default_grid_is_a_subset_and_every_bandwidth_keeps_its_all_reduce() -> None:
@@ -166,7 +176,7 @@ def test_phases_register_options_run_in_order_write_json_and_render(tmp_path: Pa
     assert data["fake"] == {"size": 3, "seen_throughput": len(SPS) * 2}
     assert json.loads((tmp_path / "20261122-020000.json").read_text())["fake"]["size"] == 3
     docs = tmp_path / "docs" / "b.md"
-    report.write_report(data, docs)
+    report.write_report(data, docs, run.phases())
     text = docs.read_text()
     assert "## Fake phase\n\nsize 3" in text and "| `cocodsgd` |" in text and "**noise**" in text
     assert "Left out as noise (median x limit > 1.05): `cocodsgd` (unshaped, B=8)." in text
@@ -180,7 +190,7 @@ def test_a_failing_phase_is_recorded_and_rendered_without_losing_the_rest(tmp_pa
     run.measure(args, None, None, data)  # type: ignore[arg-type]
     assert data["fake"]["status"] == "failed" and "fake phase asked to fail" in data["fake"]["error"]
     assert "fake" in json.loads((tmp_path / "20261122-020000.json").read_text())
-    assert "RuntimeError: fake phase asked to fail" in "\n".join(report.phase_sections(data, tmp_path))
+    assert "RuntimeError: fake phase asked to fail" in "\n".join(report.phase_sections(data, tmp_path, run.phases()))
 
 
 @pytest.mark.usefixtures("fake_phase")
@@ -226,8 +236,8 @@ def test_a_ratio_target_is_judged_only_at_a_setting_near_its_ratio() -> None:
         {"bandwidth": "unshaped", "batch_size": 32, "ssgd_over_compute": 2.9},
         {"bandwidth": "1gbit", "batch_size": 63, "ssgd_over_compute": 1.98},
     ]
-    assert report._closest(sets, 2.0) == sets[1]
-    assert report._closest(sets, 3.0) is None  # 1.98 is 34 % away; the unshaped link never stands for a setting
+    assert metrics.closest_setting(sets, 2.0) == sets[1]
+    assert metrics.closest_setting(sets, 3.0) is None  # 1.98 is 34 % away; the unshaped link never stands for a setting
     odsgd = {"bandwidth": "1gbit", "batch_size": 63, "strategy": "odsgd", "samples_per_s": 1.0, "x_ssgd": 1.2}
     ssgd = {"bandwidth": "1gbit", "batch_size": 63, "strategy": "ssgd", "samples_per_s": 1.0, "x_compute": 1 / 1.98}
     lines = {t: (m, v) for t, m, v in report.targets([ssgd, odsgd], [])}
@@ -245,15 +255,17 @@ def test_a_phase_measured_again_alone_is_named_on_the_page(tmp_path: Path) -> No
 
 def test_every_default_phase_has_a_budget_estimate() -> None:
     """The budget printed at start covers the whole default run: no phase is left out of it."""
-    import importlib
 
     args = run.parse_args([])
     for name in run.DEFAULT_WORKLOADS.split(","):
         if name == "throughput":
             continue  # estimated from the previous results by estimate_throughput_s
-        module = importlib.import_module(run.PHASES[name])
-        assert module.estimate_s(args) > 0, name
-    from benchmarks.workloads import lm, peer
+        phase = run.load_phase(name)
+        assert phase is not None and phase.estimate_s(args) > 0, name
+        from benchmarks.workloads.peer import runner as peer_runner
+    from benchmarks.workloads.lm import runner as lm_runner
 
-    assert lm.estimate_s(args) == pytest.approx(8 * (lm.SPAWN_S + 3 * (20.0 + lm.RUN_OVERHEAD_S)))
-    assert peer.estimate_s(args) == pytest.approx(6 * 2 * (peer.RUN_START_S + peer.PEER_STEP_S * 64))
+    assert lm_runner.estimate_s(args) == pytest.approx(8 * (lm_runner.SPAWN_S + 3 * (20.0 + lm_runner.RUN_OVERHEAD_S)))
+    assert peer_runner.estimate_s(args) == pytest.approx(
+        6 * 2 * (peer_runner.RUN_START_S + peer_runner.PEER_STEP_S * 64)
+    )

@@ -10,20 +10,19 @@ import pytest
 import torch
 
 from benchmarks.base import cputime
+from benchmarks.base.free_hook import FreeHook
 from benchmarks.workloads import own_work
-from benchmarks.workloads.own_cost import (
+from benchmarks.workloads.own_cost.common import (
     BOUND,
-    FreeHook,
     bracketed,
     cell_stats,
     hooked_strategies,
     mean_over_ranks,
-    own_cost_advice,
     own_costs,
-    section,
     summarise,
     window_step_s,
 )
+from benchmarks.workloads.own_cost.report import own_cost_advice, section
 from lightning_delayed.comm.communicator import CommHook
 from lightning_delayed.core.averaging import merge_delayed_
 from lightning_delayed.core.dasgd import DaSGD, DaSGDConfig
@@ -314,13 +313,17 @@ def test_own_cost_advice_says_where_there_is_less_to_hide_than_the_own_work() ->
 def test_budget_estimate_counts_every_bracketed_fit() -> None:
     import argparse
 
-    from benchmarks.workloads import own_cost
+    from benchmarks.workloads.own_cost import runner as own_cost_runner
 
     args = argparse.Namespace(
         own_cost_strategies="odsgd,dasgd", own_cost_repeats=3, own_cost_warmup=4, own_cost_steps=24,
         own_cost_split="none",
     )  # fmt: skip
-    fit = own_cost.FIT_OVERHEAD_S + own_cost.STEP_S * 28
-    assert own_cost.estimate_s(args) == pytest.approx(3 * 5 * fit + own_cost.OWN_WORK_S)  # C A C B C per round
+    fit = own_cost_runner.FIT_OVERHEAD_S + own_cost_runner.STEP_S * 28
+    assert own_cost_runner.estimate_s(args) == pytest.approx(
+        3 * 5 * fit + own_cost_runner.OWN_WORK_S
+    )  # C A C B C per round
     args.own_cost_split = "missed"
-    assert own_cost.estimate_s(args) == pytest.approx(3 * 5 * fit + own_cost.OWN_WORK_S + 3 * own_cost.SPLIT_RUN_S)
+    assert own_cost_runner.estimate_s(args) == pytest.approx(
+        3 * 5 * fit + own_cost_runner.OWN_WORK_S + 3 * own_cost_runner.SPLIT_RUN_S
+    )

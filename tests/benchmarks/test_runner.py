@@ -11,6 +11,7 @@ from lightning.pytorch.strategies import Strategy
 
 from benchmarks import run
 from benchmarks.base.baselines import BASELINES, all_names, build_strategy
+from benchmarks.workloads import throughput
 from lightning_delayed import strategy_names
 
 
@@ -43,8 +44,8 @@ def test_bad_arguments_are_refused_with_a_clear_message(
 
 def test_batch_choice_solves_the_compute_model() -> None:
     # compute-only step t(B) = 0.05 + 0.01 B; all-reduce 1.05 s -> t = A at B = 100, t = A/2 at B = 47.5
-    assert run.choose_batches(0.05, 0.01, 1.05) == {"allreduce_eq_compute": 100, "ssgd_3x_compute": 48}
-    assert run.choose_batches(0.05, 0.01, 0.01) == {"allreduce_eq_compute": 4, "ssgd_3x_compute": 4}  # clamped
+    assert throughput.choose_batches(0.05, 0.01, 1.05) == {"allreduce_eq_compute": 100, "ssgd_3x_compute": 48}
+    assert throughput.choose_batches(0.05, 0.01, 0.01) == {"allreduce_eq_compute": 4, "ssgd_3x_compute": 4}  # clamped
 
 
 def test_quick_run_without_root_falls_back_to_loopback_and_writes_json_markdown_and_plots(

@@ -52,7 +52,7 @@ def _worker(module: str, extra: list[str], result: Path) -> dict[str, object]:
 
 def test_own_cost_worker_runs_every_fit_of_every_round_in_one_process(tmp_path: Path) -> None:
     extra = ["--task", "own_cost", "--strategies", "ssgd", "--steps", "4", "--warmup", "1", "--repeats", "2"]
-    out = _worker("benchmarks.workloads.own_cost", [*extra, "--batch-size", "2"], tmp_path / "r")
+    out = _worker("benchmarks.workloads.own_cost.cli", [*extra, "--batch-size", "2"], tmp_path / "r")
     assert [[f["name"] for f in r] for r in out["rounds"]] == [["compute_only", "ssgd", "compute_only"]] * 2
     for fit in (f for r in out["rounds"] for f in r):
         assert fit["step_s"] > 0 and fit["mean_step_s"] > 0 and fit["cpu_s_per_step"]
@@ -60,7 +60,7 @@ def test_own_cost_worker_runs_every_fit_of_every_round_in_one_process(tmp_path: 
 
 def test_projection_mlp_worker_runs_every_strategy_of_every_round_in_one_process(tmp_path: Path) -> None:
     extra = ["--task", "mlp", "--strategy", "ssgd,compute_only", "--rounds", "2", "--steps", "2", "--warmup", "1"]
-    out = _worker("benchmarks.workloads.scaling", [*extra, "--batch-size", "4"], tmp_path / "r")
+    out = _worker("benchmarks.workloads.scaling.cli", [*extra, "--batch-size", "4"], tmp_path / "r")
     assert [(r["round"], r["strategy"]) for r in out["runs"]] == [
         (0, "ssgd"),
         (0, "compute_only"),
