@@ -92,6 +92,14 @@ def _assert_resumed_alone(tmp_path: Path) -> None:
 WAIT_AT = 10  # the survivor, alone, stops before step 10 until the new node's rendezvous restarts it
 
 
+def _wait_until_listening(port: int, a: subprocess.Popen[str], logs: Path) -> None:
+    """Until agent A's rendezvous store listens (the other agents must find it), at most 60 s."""
+    deadline = time.monotonic() + 60
+    while not _listening(port):
+        assert a.poll() is None and time.monotonic() < deadline, (logs / "agentA.log").read_text()
+        time.sleep(0.2)  # a bounded readiness poll, not a race fix
+
+
 def _wait_for(path: Path, proc: subprocess.Popen[str], seconds: float, logs: Path) -> None:
     deadline = time.monotonic() + seconds
     while not path.exists():
@@ -105,10 +113,7 @@ def test_a_node_started_again_grows_the_job_back_from_the_snapshot(tmp_path: Pat
     a = _agent(port, tmp_path, "A", str(WAIT_AT), fresh_store=True)
     procs = [a]
     try:
-        _wait_for_port = time.monotonic() + 60
-        while not _listening(port):
-            assert a.poll() is None and time.monotonic() < _wait_for_port, (tmp_path / "agentA.log").read_text()
-            time.sleep(0.2)  # a bounded readiness poll (A's rendezvous store must listen), not a race fix
+        _wait_until_listening(port, a, tmp_path)
         procs.append(_agent(port, tmp_path, "B", fresh_store=True))
         _wait_for(tmp_path / "aloneA", a, BOUND_S, tmp_path)  # B is gone and A runs alone
         procs.append(_agent(port, tmp_path, "C", fresh_store=True))  # a new node, with an empty snapshot directory
@@ -156,10 +161,7 @@ def test_one_of_three_killed_during_a_fragment_sync_the_two_resume_by_the_rule(t
     a = _agent(port, tmp_path, "A", nnodes="2:3", **env)
     procs = [a]
     try:
-        deadline = time.monotonic() + 60
-        while not _listening(port):
-            assert a.poll() is None and time.monotonic() < deadline, (tmp_path / "agentA.log").read_text()
-            time.sleep(0.2)  # a bounded readiness poll (A's rendezvous store must listen), not a race fix
+        _wait_until_listening(port, a, tmp_path)
         procs += [_agent(port, tmp_path, node, nnodes="2:3", **env) for node in ("B", "C")]
         with contextlib.suppress(subprocess.TimeoutExpired):
             a.wait(timeout=BOUND_S)
