@@ -80,7 +80,7 @@ class _Record(L.Callback):
             # the node that joins. Bounded, so a node that never joins fails the run instead of hanging.
             deadline = time.monotonic() + JOIN_BOUND_S
             while time.monotonic() < deadline:
-                time.sleep(0.2)
+                time.sleep(0.2)  # bounded by JOIN_BOUND_S: waiting for the agent's restart, not a race
             raise RuntimeError(f"no node joined within {JOIN_BOUND_S} s")
 
     def on_before_optimizer_step(self, trainer: L.Trainer, *args: Any) -> None:

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -92,19 +93,17 @@ def _assert_resumed_alone(tmp_path: Path) -> None:
 WAIT_AT = 10  # the survivor, alone, stops before step 10 until the new node's rendezvous restarts it
 
 
+def _wait_until(ready: Callable[[], bool], a: subprocess.Popen[str], seconds: float, logs: Path) -> None:
+    """Until ``ready()`` while agent A lives, at most ``seconds``: a bounded readiness poll, not a race fix."""
+    deadline = time.monotonic() + seconds
+    while not ready():
+        assert a.poll() is None and time.monotonic() < deadline, (logs / "agentA.log").read_text()[-6000:]
+        time.sleep(0.2)
+
+
 def _wait_until_listening(port: int, a: subprocess.Popen[str], logs: Path) -> None:
     """Until agent A's rendezvous store listens (the other agents must find it), at most 60 s."""
-    deadline = time.monotonic() + 60
-    while not _listening(port):
-        assert a.poll() is None and time.monotonic() < deadline, (logs / "agentA.log").read_text()
-        time.sleep(0.2)  # a bounded readiness poll, not a race fix
-
-
-def _wait_for(path: Path, proc: subprocess.Popen[str], seconds: float, logs: Path) -> None:
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        assert proc.poll() is None and time.monotonic() < deadline, (logs / "agentA.log").read_text()[-6000:]
-        time.sleep(0.2)  # a bounded readiness poll on a file the job writes, not a race fix
+    _wait_until(lambda: _listening(port), a, 60, logs)
 
 
 @pytest.mark.timeout(int(BOUND_S) * 2)
@@ -115,7 +114,7 @@ def test_a_node_started_again_grows_the_job_back_from_the_snapshot(tmp_path: Pat
     try:
         _wait_until_listening(port, a, tmp_path)
         procs.append(_agent(port, tmp_path, "B", fresh_store=True))
-        _wait_for(tmp_path / "aloneA", a, BOUND_S, tmp_path)  # B is gone and A runs alone
+        _wait_until((tmp_path / "aloneA").exists, a, BOUND_S, tmp_path)  # B is gone and A runs alone
         procs.append(_agent(port, tmp_path, "C", fresh_store=True))  # a new node, with an empty snapshot directory
         with contextlib.suppress(subprocess.TimeoutExpired):
             a.wait(timeout=BOUND_S)
