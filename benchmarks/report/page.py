@@ -32,6 +32,7 @@ from benchmarks.base.phase import Phase
 from benchmarks.base.schema import DEFAULTS
 from benchmarks.report.metrics import MB, NOISE_LIMIT, accuracy_summary, cells, settings, summarize
 from benchmarks.report.plots import IMG, plots
+from benchmarks.report.rerun import section as rerun_section
 from benchmarks.report.verdicts import targets, when_not_to_use
 
 
@@ -98,11 +99,14 @@ def markdown(data: dict[str, Any], images: list[str], sections: list[str] | None
         "`benchmarks/results/`. Total run time: " + _f(meta.get("total_s"), ".0f") + " s.",
         "",
         *[
-            f"Phase `{name}` was measured again after this run, alone (`{r['command']}`, {r['date']}, "
-            f"{_f(r.get('seconds'), '.0f')} s): {r['why']}"
+            (
+                f"The throughput grid on {name.split(' ', 1)[1]} was measured again after this run, alone "
+                if name.startswith("throughput ")
+                else f"Phase `{name}` was measured again after this run, alone "
+            )
+            + f"(`{r['command']}`, {r['date']}, {_f(r.get('seconds'), '.0f')} s): {r['why']}\n"
             for name, r in meta.get("reruns", {}).items()
         ],
-        *([""] if meta.get("reruns") else []),
         "## Links",
         "",
         "| bandwidth | all-reduce throughput (MB/s) | all-reduce of ResNet-18 gradient (ms) | batch sizes measured |",
@@ -155,6 +159,7 @@ def markdown(data: dict[str, Any], images: list[str], sections: list[str] | None
                 f"{r['bytes'] / MB:.2f} | {_f(r.get('wire_bytes'), '.2f', 1 / MB)} | {r['peak_rss_mb']:.0f} |"
             )
         out.append("")
+    out += rerun_section(data)
     if acc:
         out += [
             "## Accuracy and time to accuracy (digits CNN)",
