@@ -76,8 +76,9 @@ def add_worker_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--cpu-split",
         action="store_true",
-        help="worker throughput: CPU seconds per step of the main thread, gloo's threads and the rest "
-        "(/proc/<pid>/task, read at the window's ends only)",
+        help="throughput: CPU seconds per step of the main thread, gloo's threads and the rest "
+        "(/proc/<pid>/task, read at the window's ends only); given to the runner, every compared run gets it "
+        "and the page shows the split under the cell's table",
     )
 
 

@@ -87,6 +87,9 @@ def summarize(data: dict[str, Any]) -> list[dict[str, Any]]:
         wire = [r["wire_bytes_per_step"] for r in ranks if r.get("wire_bytes_per_step") is not None]
         row["wire_bytes"] = statistics.mean(wire) if wire else None
         row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ranks)
+        splits = [r["cpu_split_s_per_step"] for r in ranks if r.get("cpu_split_s_per_step")]
+        if splits:  # --cpu-split: CPU seconds per step of the main thread, gloo's threads and the rest
+            row["cpu_split"] = {k: statistics.fmean(sp[k] for sp in splits) for k in splits[0]}
         bound = compute_round.get((e["bandwidth"], e["batch_size"], row["round"]))
         if bound is None and e["batch_size"] in compute_any:
             pairs = compute_any[e["batch_size"]]
@@ -137,6 +140,9 @@ def cells(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 cell[f"{key}_range"] = (min(values), max(values)) if values else None
         if ok:
             cell["peak_rss_mb"] = max(r["peak_rss_mb"] for r in ok)
+            splits = [r["cpu_split"] for r in ok if r.get("cpu_split")]
+            if splits:
+                cell["cpu_split"] = {k: statistics.median(sp[k] for sp in splits) for k in splits[0]}
         else:
             cell.pop("samples_per_s")  # the failed marker of the tables and plots
         cell["noise"] = is_noise(cell)

@@ -32,6 +32,7 @@ from benchmarks.base.phase import Phase
 from benchmarks.base.schema import DEFAULTS
 from benchmarks.report.metrics import MB, NOISE_LIMIT, accuracy_summary, cells, settings, summarize
 from benchmarks.report.plots import IMG, plots
+from benchmarks.report.rerun import cpu_split_table, detail_section
 from benchmarks.report.rerun import section as rerun_section
 from benchmarks.report.verdicts import targets, when_not_to_use
 
@@ -159,7 +160,10 @@ def markdown(data: dict[str, Any], images: list[str], sections: list[str] | None
                 f"{r['bytes'] / MB:.2f} | {_f(r.get('wire_bytes'), '.2f', 1 / MB)} | {r['peak_rss_mb']:.0f} |"
             )
         out.append("")
+        split = cpu_split_table([r for r in rows if (r["bandwidth"], r["batch_size"]) == key])
+        out += [f"CPU per step by thread (`--cpu-split`), {key[0]}, batch {key[1]}:", "", *split, ""] if split else []
     out += rerun_section(data)
+    out += detail_section(data)
     if acc:
         out += [
             "## Accuracy and time to accuracy (digits CNN)",

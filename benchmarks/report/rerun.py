@@ -9,7 +9,10 @@ module puts that grid into the full run's results, so the page shows every figur
 * ``meta.reruns["throughput <bandwidth>"]`` names the rerun's command, date and why (the page prints
   it at the top, as for a phase measured again);
 * with ``--previous``, the cells an earlier run measured on that link go into
-  ``throughput_before`` (medians of the same metrics), and the page shows both side by side.
+  ``throughput_before`` (medians of the same metrics), and the page shows both side by side;
+* with ``--detail``, a small run of a few strategies with ``--cpu-split`` (CPU seconds per step by
+  thread) goes into ``throughput_detail`` with its own command: the page shows it as a section of
+  its own, since it does not replace any cell of the grid.
 
 Nothing is re-derived by hand: every figure of both tables comes from :func:`summarize` and
 :func:`cells` on the runs as measured. The merged file gets the rerun's date stamp, so
@@ -86,6 +89,69 @@ def merge(
     if previous is not None:
         out["throughput_before"] = before(previous, bandwidth, previous_source)
     return out
+
+
+def detail(data: dict[str, Any], source: str, why: str) -> dict[str, Any]:
+    """The cells of a small ``--cpu-split`` run, its command and date, for a section of their own."""
+    rows = summarize(data)
+    keep = ("strategy", "bandwidth", "batch_size", "step_s", "cpu_split", "blocked_s", *KEPT, "x_compute_range")
+    return {
+        "file": source,
+        "why": why,
+        "command": data["meta"]["command"],
+        "date": data["meta"]["date"],
+        "repeats": data["meta"].get("repeats", schema.DEFAULTS["meta.repeats"]),
+        "steps": data["meta"]["steps"],
+        "cells": [{k: c.get(k) for k in keep} for c in cells(rows)],
+    }
+
+
+def cpu_split_table(cells_: list[dict[str, Any]]) -> list[str]:
+    """Markdown rows of CPU ms per step by thread (median over rounds of the ranks' mean), beside the step."""
+    rows = [c for c in cells_ if c.get("cpu_split")]
+    if not rows:
+        return []
+    out = [
+        "| strategy | step (ms) | main thread CPU (ms/step) | gloo threads CPU (ms/step) | other threads CPU (ms/step) "
+        "| all threads CPU (ms/step) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for c in rows:
+        sp = c["cpu_split"]
+        out.append(
+            f"| `{c['strategy']}` | {c['step_s'] * 1000:.0f} | {sp['main'] * 1000:.0f} | {sp['gloo'] * 1000:.0f} | "
+            f"{sp['other'] * 1000:.0f} | {sum(sp.values()) * 1000:.0f} |"
+        )
+    return out
+
+
+def detail_section(data: dict[str, Any]) -> list[str]:
+    """Markdown of ``throughput_detail``: the small run's cells with their CPU by thread."""
+    d = data.get("throughput_detail")
+    if not d:
+        return []
+    first = d["cells"][0] if d["cells"] else {}
+    out = [
+        f"### {first.get('bandwidth')}, batch {first.get('batch_size')}: CPU by thread ({d['date']})",
+        "",
+        f"{d['why']} Measured alone: `{d['command']}` ({d['repeats']} interleaved repeats of {d['steps']} timed "
+        f"steps; raw results {d['file']}).",
+        "",
+        "| strategy | samples/s | x ssgd [min, max] | x compute [min, max] |",
+        "|---|---:|---:|---:|",
+    ]
+    for c in d["cells"]:
+        if c.get("samples_per_s") is None:
+            continue
+        xs, xc = c.get("x_ssgd_range"), c.get("x_compute_range")
+        out.append(
+            f"| `{c['strategy']}` | {c['samples_per_s']:.1f} | "
+            + (f"{c['x_ssgd']:.2f} [{xs[0]:.2f}, {xs[1]:.2f}]" if xs else "")
+            + " | "
+            + (f"{c['x_compute']:.2f} [{xc[0]:.2f}, {xc[1]:.2f}]" if xc else "")
+            + " |"
+        )
+    return [*out, "", *cpu_split_table(d["cells"]), ""]
 
 
 def _pair(cell: dict[str, Any] | None, batch: int | None) -> list[str]:

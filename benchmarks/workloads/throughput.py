@@ -169,7 +169,7 @@ def measure(
 ) -> None:
     """All-reduce per link, calibration, batch choice and the interleaved rounds; ``write`` after each link."""
     names = strategy_list(args.strategies)
-    common = ["--warmup", str(args.warmup), "--steps", str(args.steps)]
+    common = ["--warmup", str(args.warmup), "--steps", str(args.steps), *(["--cpu-split"] if args.cpu_split else [])]
     short = ["--warmup", str(min(args.warmup, PROBE_WARMUP)), "--steps", str(min(args.steps, PROBE_STEPS))]
 
     def throughput(

@@ -13,7 +13,7 @@ from benchmarks import run
 from benchmarks.base import schema
 from benchmarks.report import page
 from benchmarks.report.metrics import cells, summarize
-from benchmarks.report.rerun import merge
+from benchmarks.report.rerun import detail, merge
 
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 FULL = RESULTS / "20261122-052931.json"  # the full run of round 2: 200mbit has no grid
@@ -99,3 +99,55 @@ def test_the_command_writes_the_merged_file_under_the_rerun_stamp_and_the_page(
     merged = schema.load(tmp_path / "20261203-170816.json", run.PHASES)
     assert merged["meta"]["json_path"] == str(tmp_path / "20261203-170816.json")
     assert "this measurement next to the earlier one" in docs.read_text()
+
+
+def _with_cpu_split(data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` as if run with --cpu-split: each rank's split is (main, gloo, other) = step x (0.8, 0.3, 0.01)."""
+    out = copy.deepcopy(data)
+    for e in out["throughput"]:
+        for r in e.get("ranks", []):
+            r["cpu_split_s_per_step"] = {"main": 0.8 * r["step_s"], "gloo": 0.3 * r["step_s"], "other": 0.01}
+    return out
+
+
+def test_a_cpu_split_run_is_a_section_of_its_own_with_the_threads_per_step(
+    files: tuple[dict[str, Any], dict[str, Any]],
+) -> None:
+    base, round1 = files
+    merged = merge(base, _as_rerun(round1, base), "200mbit", "why")
+    small = _with_cpu_split(round1)
+    merged["throughput_detail"] = detail(small, "split.json", "Where odsgd's time goes.")
+    schema.validate(merged, "merged", run.PHASES)
+    text = page.markdown(merged, [])
+    assert "CPU by thread" in text and "Where odsgd's time goes. Measured alone:" in text
+    cell = next(c for c in merged["throughput_detail"]["cells"] if c["strategy"] == "odsgd" and c["cpu_split"])
+    row = next(line for line in text.splitlines() if line.startswith("| `odsgd` | ") and "gloo" not in line)
+    main, gloo = cell["cpu_split"]["main"] * 1000, cell["cpu_split"]["gloo"] * 1000
+    assert f"| {main:.0f} | {gloo:.0f} | 10 |" in text, row
+    assert cell["cpu_split"]["main"] == pytest.approx(0.8 * cell["step_s"], rel=0.2)
+
+
+def test_the_runner_asks_every_compared_run_for_the_cpu_split_when_given() -> None:
+    from benchmarks.workloads import throughput
+
+    seen: list[list[str]] = []
+
+    class Runner:
+        def run(self, task: str, argv: list[str]) -> list[dict[str, Any]]:
+            seen.append([task, *argv])
+            if task == "allreduce":
+                return [{"nbytes": 8, "bytes_per_s": 1e9, "seconds_per_op": 1e-3}] * 2
+            fig = {"samples_per_s": 10.0, "step_s": 0.1, "blocked_s_per_step": 0.0, "bytes_per_step": 0.0}
+            return [{**fig, "peak_rss_mb": 1.0, "wire_bytes_per_step": None}] * 2
+
+    class Link:
+        def shape(self, rate: int | None) -> None:
+            pass
+
+    for flag, want in (([], False), (["--cpu-split"], True)):
+        seen.clear()
+        args = run.parse_args(["--bandwidths", "unshaped", "--strategies", "ssgd,odsgd", "--repeats", "1", *flag])
+        out: dict[str, Any] = {"throughput": [], "links": []}
+        throughput.measure(args, Link(), Runner(), out, lambda *a: None)  # type: ignore[arg-type]
+        runs = [c for c in seen if c[0] == "throughput"]
+        assert len(runs) == 2 and all(("--cpu-split" in c) == want for c in runs)
