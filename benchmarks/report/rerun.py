@@ -40,7 +40,7 @@ def before(data: dict[str, Any], bandwidth: str, source: str) -> dict[str, Any]:
     """The cells ``data`` measured on ``bandwidth``, its batch choice there and ssgd's step over compute per batch."""
     rows = [r for r in summarize(data) if r["bandwidth"] == bandwidth]
     link = next((x for x in data["links"] if x["bandwidth"] == bandwidth), None)
-    ratio = {s["batch_size"]: s["ssgd_over_compute"] for s in settings(rows)}
+    ratio = {s["batch_size"]: s["ssgd_over_compute"] for s in settings(cells(rows))}  # medians, as the tables
     return {
         "file": source,
         "date": data["meta"]["date"],
@@ -172,7 +172,7 @@ def section(data: dict[str, Any]) -> list[str]:
     bandwidth = reruns[0].split(" ", 1)[1]
     now_rows = [r for r in summarize(data) if r["bandwidth"] == bandwidth]
     now = {(c["batch_size"], c["strategy"]): c for c in cells(now_rows)}
-    now_ratio = {s["batch_size"]: s["ssgd_over_compute"] for s in settings(now_rows)}
+    now_ratio = {s["batch_size"]: s["ssgd_over_compute"] for s in settings(list(now.values()))}  # medians
     link = next(x for x in data["links"] if x["bandwidth"] == bandwidth)
     was = {(c["batch_size"], c["strategy"]): c for c in old["cells"]}
     out = [

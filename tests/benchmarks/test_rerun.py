@@ -18,6 +18,7 @@ from benchmarks.report.rerun import detail, merge
 RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 FULL = RESULTS / "20261122-052931.json"  # the full run of round 2: 200mbit has no grid
 ROUND1 = RESULTS / "20261121-131116.json"  # round 1: a 200mbit grid, one repeat
+MERGED = RESULTS / "20261203-170816.json"  # round 2 with the 200mbit grid measured again (2026-12-03)
 
 
 @pytest.fixture(scope="module")
@@ -151,3 +152,15 @@ def test_the_runner_asks_every_compared_run_for_the_cpu_split_when_given() -> No
         throughput.measure(args, Link(), Runner(), out, lambda *a: None)  # type: ignore[arg-type]
         runs = [c for c in seen if c[0] == "throughput"]
         assert len(runs) == 2 and all(("--cpu-split" in c) == want for c in runs)
+
+
+def test_the_side_by_side_heading_gives_the_same_ratio_as_the_grid_s_own_table() -> None:
+    """Both read ssgd / compute off the cells' medians (a per-run value would be one round's)."""
+    import re
+
+    data = schema.load(MERGED, run.PHASES)
+    text = page.markdown(data, [])
+    for batch in data["links"][-1]["batches"].values():
+        grid = re.search(rf"### 200mbit, batch {batch} per rank \(ssgd step / compute-only step = ([0-9.]+)\)", text)
+        pair = re.search(rf"batch {batch} now \(ssgd / compute = ([0-9.]+)\)", text)
+        assert grid and pair and grid.group(1) == pair.group(1), batch
